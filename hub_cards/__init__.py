@@ -1,0 +1,1 @@
+"""Model card templates, one per family, rendered by zoo.hub at save/push time."""

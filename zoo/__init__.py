@@ -1,0 +1,19 @@
+"""zoo: a model zoo of small, fast multimodal architectures.
+
+    import zoo
+    model = zoo.create("smolvlm-256m", pretrained=True)
+    zoo.list_models("smolvlm*", pretrained=True)
+"""
+
+__version__ = "0.1.0"
+
+from .config import ZooConfig
+from .errors import CheckpointError, ConfigError, HubError, UnknownModelError, ZooError
+from .factory import create, from_pretrained
+from .modeling import ZooModel
+from .registry import list_models, model_info
+
+__all__ = [
+    "CheckpointError", "ConfigError", "HubError", "UnknownModelError", "ZooConfig", "ZooError", "ZooModel",
+    "create", "from_pretrained", "list_models", "model_info",
+]

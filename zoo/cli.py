@@ -1,0 +1,161 @@
+"""The `zoo` command. Each subcommand is a `Command` in `COMMANDS`: a name, help, its arguments and a runner."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import ZooError
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+
+
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'smolvlm*'")
+    parser.add_argument("--task", help="only this task (vlm, diffusion, restoration, backbone, language)")
+    parser.add_argument("--pretrained", action="store_true", help="only models with published weights, as name.tag")
+    parser.add_argument("--markdown", action="store_true", help="a Markdown table (params, weights, paper, license)")
+
+
+def _list(args: argparse.Namespace) -> None:
+    from .registry import format_count, list_models, model_info
+
+    names = list_models(args.pattern, pretrained=args.pretrained, task=args.task)
+    if not args.markdown:
+        print("\n".join(names) if names else f"No model matches '{args.pattern}'.")
+        return
+    print("| Model | Task | Params | Weights (tags) | Paper | License |")
+    print("|---|---|---:|---|---|---|")
+    for name in list_models(args.pattern, pretrained=args.pretrained, task=args.task, include_tags=False):
+        info = model_info(name)
+        tags = ", ".join(f"`{s['tag']}`" if s["tag"] else f"`{s['hub_id']}`" for s in info["sources"]) or "-"
+        paper = f"[{info['paper']}](https://arxiv.org/abs/{info['paper'].removeprefix('arXiv:')})" if info["paper"] else "-"
+        print(f"| `{name}` | {info['task']} | {format_count(info['params'])} | {tags} | {paper} | {info['license'] or '-'} |")
+
+
+def _info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="a registered name, optionally name.tag")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _info(args: argparse.Namespace) -> None:
+    from .registry import format_count, model_info
+
+    info = model_info(args.name)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    for key in ("name", "family", "task", "description", "paper", "license"):
+        print(f"{key:>13}: {info[key] or '-'}")
+    print(f"{'params':>13}: {info['params']:,} ({format_count(info['params'])})")
+    for name, spec in info["default_input"].items():
+        print(f"{'input':>13}: {name} {spec}")
+    for source in info["sources"]:
+        metrics = ", ".join(f"{k} {v}" for k, v in source["metrics"].items())
+        name = f"{info['name']}.{source['tag']}" if source["tag"] else info["name"]
+        print(f"{'weights':>13}: {name} <- {source['hub_id']} ({source['format']}){' | ' + metrics if metrics else ''}")
+
+
+def _download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name_or_repo", help="a registered name[.tag] or a Hub repo id (owner/name)")
+    parser.add_argument("--revision", help="branch, tag or commit (repo ids only)")
+
+
+def _download(args: argparse.Namespace) -> None:
+    from . import hub
+    from .factory import fetch_source
+    from .registry import split_name
+
+    if "/" in args.name_or_repo:
+        print(hub.download(args.name_or_repo, revision=args.revision))
+        return
+    entry, tag = split_name(args.name_or_repo)
+    print(fetch_source(entry.source(tag)))
+
+
+def _convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="a published checkpoint: folder, Hub repo id, or a weights file with --model")
+    parser.add_argument("--out", required=True, help="folder to write zoo's format to")
+    parser.add_argument("--family", help="force the family instead of detecting it from the config")
+    parser.add_argument("--model", help="registered name whose config a bare weights file fits")
+    parser.add_argument("--revision", help="branch, tag or commit of a Hub repo")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from .factory import create, from_pretrained
+    from .registry import count_parameters, format_count
+
+    if Path(args.src).is_file():
+        if not args.model:
+            raise ZooError(f"{args.src} is a bare weights file: say which model it is with --model NAME.")
+        model = create(args.model, checkpoint_path=args.src)
+    else:
+        model = from_pretrained(args.src, family=args.family, revision=args.revision)
+    out = model.save_pretrained(args.out)
+    print(f"Wrote {model.family} model ({format_count(count_parameters(model))} params) to {out}")
+
+
+def _push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", help="a folder written by save_pretrained or `zoo convert`")
+    parser.add_argument("repo_id", help="owner/name on the Hub")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--message", default="Upload model with zoo", help="commit message")
+    parser.add_argument("--revision", help="branch to push to")
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push_folder
+
+    print(push_folder(args.folder, args.repo_id, private=args.private, commit_message=args.message,
+                      revision=args.revision))
+
+
+COMMANDS: dict[str, Command] = {
+    command.name: command
+    for command in (
+        Command("list", "list registered models", _list_arguments, _list),
+        Command("info", "show a model's params, paper, license, weights and default input", _info_arguments, _info),
+        Command("download", "download published weights into the Hugging Face cache", _download_arguments, _download),
+        Command("convert", "convert a published checkpoint to zoo's format", _convert_arguments, _convert),
+        Command("push", "upload a saved model folder to the Hub", _push_arguments, _push),
+    )
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="zoo", description="A zoo of small, fast multimodal models.")
+    parser.add_argument("--version", action="version", version=f"zoo {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS.values():
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except ZooError as error:
+        print(f"zoo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""`zoo.create` (a registered name) and `zoo.from_pretrained` (any checkpoint folder or Hub repo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import hub
+from .errors import CheckpointError, ConfigError
+from .modeling import ZooModel
+from .registry import Converter, Family, PretrainedSource, families, get_family, split_name
+
+_CONFIG_FILES = ("config.json", "model_index.json")
+_PICKLE_PATTERNS = ("*.bin", "*.pth", "*.pt", "*.ckpt")
+
+
+def create(
+    name: str,
+    pretrained: bool = False,
+    checkpoint_path: str | Path | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+    **overrides: Any,
+) -> ZooModel:
+    """Build a registered model; `overrides` change config fields (e.g. ``num_layers=2``).
+
+    `pretrained=True` downloads the source selected by the name's tag (``name.tag``; the first source
+    for a bare name), converts its keys and loads it strictly. `checkpoint_path` loads a local file or
+    folder instead, its format recognised from its keys. `dtype` defaults to float32 for random weights
+    and to the checkpoint's own dtype for loaded ones. Loaded models are returned in eval mode.
+    """
+    entry, tag = split_name(name)
+    family = get_family(entry.family)
+    config = entry.config.replace(**overrides)
+    target_dtype = _resolve_dtype(dtype)
+    if pretrained and checkpoint_path is not None:
+        raise ConfigError("Pass either pretrained=True (download the published weights) or checkpoint_path, not both.")
+    if not pretrained and checkpoint_path is None:
+        model = family.model_cls(config)
+    else:
+        with torch.device("meta"):
+            model = family.model_cls(config)
+        if checkpoint_path is not None:
+            state_dict = hub.load_state_dict(checkpoint_path)
+            converter = family.detect_converter(state_dict.keys())
+        else:
+            source = entry.source(tag)
+            state_dict = hub.load_state_dict(fetch_source(source), source.files)
+            converter = family.converter(source.format)
+        hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter)
+        model.eval()
+    model.zoo_name = entry.name
+    return model.to(device=device, dtype=target_dtype)
+
+
+def from_pretrained(
+    repo_id_or_dir: str | Path,
+    family: str | None = None,
+    revision: str | None = None,
+    dtype: torch.dtype | str | None = "auto",
+    device: torch.device | str | None = None,
+) -> ZooModel:
+    """Load a checkpoint folder or Hub repo in any format a family reads, building the model from its config.
+
+    The family and format are detected from the folder's config (zoo's own marker, `model_type`,
+    `_class_name`, `architectures`, timm's `architecture`); `family=` forces the family. Any size loads,
+    not only registered ones. `dtype="auto"` keeps the checkpoint's dtype. Returned in eval mode.
+    """
+    target_dtype = _resolve_dtype(dtype)
+    local = Path(repo_id_or_dir).expanduser()
+    if local.is_file():
+        raise CheckpointError(
+            f"{local} is a file; from_pretrained takes a folder or a Hub repo id. "
+            f"For a bare weights file use zoo.create(name, checkpoint_path='{local}')."
+        )
+    is_local = local.is_dir()
+    repo_id = str(repo_id_or_dir)
+    if not is_local and (repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~"))):
+        raise CheckpointError(f"'{repo_id}' is neither an existing folder nor a Hub repo id ('owner/name').")
+    folder = local if is_local else hub.download(repo_id, revision=revision, allow_patterns=_CONFIG_FILES)
+    published_config, _ = hub.folder_config(folder, _CONFIG_FILES)
+    model_family, converter = _detect_format(published_config, family, origin=repo_id)
+
+    weights_folder = folder / converter.subfolder
+    if not is_local:
+        weights_folder = _download_weights(repo_id, revision, converter) / converter.subfolder
+    if converter.subfolder or converter.config_file != "config.json":
+        published_config, _ = hub.folder_config(weights_folder, (converter.config_file,))
+    config_values = {k: v for k, v in published_config.items() if not k.startswith("zoo_")}
+    config = converter.convert_config(config_values)
+
+    with torch.device("meta"):
+        model = model_family.model_cls(config)
+    state_dict = hub.load_state_dict(weights_folder)
+    hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter)
+    model.zoo_name = published_config.get("zoo_name")
+    return model.eval().to(device=device, dtype=target_dtype)
+
+
+def _detect_format(published_config: dict, family: str | None, origin: str) -> tuple[Family, Converter]:
+    """The family and converter a folder's config belongs to (forced to `family` when given)."""
+    if "zoo_family" in published_config:
+        found = get_family(published_config["zoo_family"])
+        if family is not None and family != found.name:
+            raise CheckpointError(f"{origin} holds a '{found.name}' model, not '{family}'.")
+        return found, found.converter("zoo")
+    candidates = [get_family(family)] if family is not None else families()
+    matches = [
+        (fam, conv) for fam in candidates for conv in fam.converters.values()
+        if conv.matches_config is not None and conv.matches_config(published_config)
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        options = ", ".join(f"{f.name} ({c.name})" for f, c in matches)
+        raise CheckpointError(f"{origin} could be any of: {options}. Pass family= to choose.")
+    described = {k: published_config[k] for k in ("model_type", "_class_name", "architectures", "architecture")
+                 if k in published_config}
+    readable = "; ".join(
+        f"{f.name}: {', '.join(c for c in f.converters)}" for f in candidates
+    )
+    raise CheckpointError(
+        f"No zoo family reads {origin} (its config says {described or 'nothing about its architecture'}). "
+        f"Formats zoo reads — {readable or 'none registered'}."
+    )
+
+
+def _download_weights(repo_id: str, revision: str | None, converter: Converter) -> Path:
+    """Download a converter's config and weights (safetensors first, pickles only when there are none)."""
+    prefix = f"{converter.subfolder}/" if converter.subfolder else ""
+    folder = hub.download(repo_id, revision=revision, allow_patterns=[f"{prefix}*.json", f"{prefix}*.safetensors"])
+    try:
+        hub.find_weight_files(folder / converter.subfolder)
+    except CheckpointError:
+        folder = hub.download(repo_id, revision=revision, allow_patterns=[prefix + p for p in _PICKLE_PATTERNS])
+    return folder
+
+
+def fetch_source(source: PretrainedSource) -> Path:
+    """The local folder holding a registered published source's files, from the cache or the Hub."""
+    prefix = f"{source.subfolder}/" if source.subfolder else ""
+    patterns = [prefix + f for f in source.files] if source.files else [f"{prefix}*.json", f"{prefix}*.safetensors"]
+    return hub.download(source.hub_id, revision=source.revision, allow_patterns=patterns) / source.subfolder
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """None and "auto" keep what there is; names such as "bfloat16" or "bf16" become torch dtypes."""
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return None if dtype == "auto" else dtype
+    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+    resolved = getattr(torch, aliases.get(dtype, dtype), None)
+    floating = ("float32", "float16", "bfloat16", "float64")
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ConfigError(f"Unknown dtype '{dtype}'; use one of {', '.join(floating)}, 'auto', or a torch.dtype.")
+    return resolved
+

@@ -1,0 +1,1 @@
+"""Shared building blocks: attention, positions, norms, MLPs, scans, wavelets, token reduction."""
