@@ -13,6 +13,9 @@ from .factory import create, from_pretrained
 from .modeling import ZooModel
 from .registry import list_models, model_info
 
+# Importing the family packages registers their models.
+from . import backbones, diffusion, restoration, vlm  # noqa: E402,F401  isort: skip
+
 __all__ = [
     "CheckpointError", "ConfigError", "HubError", "UnknownModelError", "ZooConfig", "ZooError", "ZooModel",
     "create", "from_pretrained", "list_models", "model_info",

@@ -1,1 +1,4 @@
-"""zoo.backbones"""
+"""Reusable trunks: vision encoders, language decoders and the vision backbone families.
+
+Importing this package registers its families.
+"""

@@ -1,1 +1,4 @@
-"""zoo.diffusion"""
+"""Diffusion denoisers and their pipelines (VAEs, text encoders and schedulers come from diffusers/transformers).
+
+Importing this package registers its families.
+"""

@@ -1,1 +1,4 @@
-"""zoo.restoration"""
+"""Image and light-field restoration models.
+
+Importing this package registers its families.
+"""
