@@ -93,3 +93,15 @@ def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "zoo.cli", "info", "no-such-model"], capture_output=True, text=True)
     assert result.returncode == 2 and "Unknown model 'no-such-model'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_dispatches_to_the_family_runner(capsys):
+    assert main(["run", "toy-tiny", "--seed", "3"]) == 0
+    assert len(capsys.readouterr().out.split()) == 3
+    family = zoo.registry.get_family("toy")
+    runner, family.runner = family.runner, None
+    try:
+        assert main(["run", "toy-tiny"]) == 2
+        assert "does not support the 'toy' family yet" in capsys.readouterr().err
+    finally:
+        family.runner = runner

@@ -71,8 +71,17 @@ ORIGINAL = Converter(
 TOY_INPUT = InputSpec({"x": TensorSpec((8,))})
 
 
+def run(name: str, args) -> None:
+    """`zoo run toy-*`: print the logits of a seeded random input."""
+    import zoo
+
+    model = zoo.create(name).eval()
+    x = torch.randn(1, model.config.in_features, generator=torch.Generator().manual_seed(args.seed))
+    print(" ".join(f"{v:.4f}" for v in model(x)[0].tolist()))
+
+
 def register() -> None:
-    register_family("toy", ToyModel, [ORIGINAL])
+    register_family("toy", ToyModel, [ORIGINAL], runner=run)
     register_model(ModelEntry("toy-tiny", "toy", "backbone", ToyConfig(), description="A test MLP.",
                               default_input=TOY_INPUT))
     register_model(ModelEntry(

@@ -120,6 +120,35 @@ def _push(args: argparse.Namespace) -> None:
                       revision=args.revision))
 
 
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="a registered name[.tag]")
+    parser.add_argument("--prompt", help="text prompt or question")
+    parser.add_argument("--negative-prompt", help="what a diffusion model should avoid")
+    parser.add_argument("--image", action="append", default=[], help="input image path (repeatable)")
+    parser.add_argument("--video", help="input video path")
+    parser.add_argument("--out", help="output file (image or video) for generative models")
+    parser.add_argument("--checkpoint", help="a local model folder to load instead of the published weights")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's published setting)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--frames", type=int, help="video frames to generate")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the model's own)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .registry import get_family, split_name
+
+    entry, _ = split_name(args.name)
+    family = get_family(entry.family)
+    if family.runner is None:
+        raise ZooError(f"`zoo run` does not support the '{family.name}' family yet.")
+    family.runner(args.name, args)
+
+
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
@@ -128,6 +157,7 @@ COMMANDS: dict[str, Command] = {
         Command("download", "download published weights into the Hugging Face cache", _download_arguments, _download),
         Command("convert", "convert a published checkpoint to zoo's format", _convert_arguments, _convert),
         Command("push", "upload a saved model folder to the Hub", _push_arguments, _push),
+        Command("run", "run a model on an image, video or prompt", _run_arguments, _run),
     )
 }
 

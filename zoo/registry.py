@@ -30,6 +30,8 @@ class PretrainedSource:
 
     `files` are file names or glob patterns inside the repo (after `subfolder`); left empty, the
     loader takes the repo's standard weight files. `format` names a converter of the family.
+    `preprocess` is the evaluation preprocessing the published metrics were measured with, as timm's
+    pretrained_cfg spells it (input_size, interpolation, crop_pct, mean, std).
     """
 
     hub_id: str
@@ -40,6 +42,7 @@ class PretrainedSource:
     format: str = "zoo"
     license: str = ""
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    preprocess: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     notes: str = ""
 
 
@@ -104,11 +107,16 @@ class Converter:
 
 @dataclasses.dataclass
 class Family:
-    """A model family: its model class and the converters from each published format."""
+    """A model family: its model class, the converters from each published format, and its `zoo run`.
+
+    `runner(name, args)` serves `zoo run NAME ...` for the family's models: it loads the model (and its
+    pipeline), runs it on the inputs in `args` (the parsed `zoo run` options) and prints or writes the result.
+    """
 
     name: str
     model_cls: type[nn.Module]
     converters: dict[str, Converter]
+    runner: Callable[[str, Any], None] | None = None
 
     @property
     def config_cls(self) -> type[ZooConfig]:
@@ -172,7 +180,12 @@ _FAMILIES: dict[str, Family] = {}
 _MODELS: dict[str, ModelEntry] = {}
 
 
-def register_family(name: str, model_cls: type[nn.Module], converters: Collection[Converter] = ()) -> Family:
+def register_family(
+    name: str,
+    model_cls: type[nn.Module],
+    converters: Collection[Converter] = (),
+    runner: Callable[[str, Any], None] | None = None,
+) -> Family:
     """Register a family. Zoo's own format (config fields as written by save_pretrained) is always readable."""
     if name in _FAMILIES:
         raise ValueError(f"family '{name}' is already registered")
@@ -183,7 +196,7 @@ def register_family(name: str, model_cls: type[nn.Module], converters: Collectio
     for converter in converters:
         by_name[converter.name] = converter
     model_cls.family = name
-    family = Family(name, model_cls, by_name)
+    family = Family(name, model_cls, by_name, runner)
     _FAMILIES[name] = family
     return family
 
@@ -296,7 +309,7 @@ def model_info(name: str) -> dict[str, Any]:
         model = family.model_cls(entry.config)
     sources = [
         {"tag": s.tag, "hub_id": s.hub_id, "revision": s.revision, "format": s.format, "license": s.license,
-         "files": list(s.files), "metrics": dict(s.metrics)}
+         "files": list(s.files), "metrics": dict(s.metrics), "preprocess": dict(s.preprocess)}
         for s in entry.sources if tag is None or s.tag == tag
     ]
     return {
