@@ -1,0 +1,103 @@
+"""Autoregressive generation with a KV cache for decoder models (language models and VLMs).
+
+A model generates through this loop if its forward takes `(input_ids, attention_mask, position_ids, cache,
+logits_to_keep, **prefill_inputs)` and returns logits (B, L, vocab). Prefill inputs (pixel values and the
+like) are passed on the first step only. Positions follow transformers' generate: the cumulative count of
+real tokens, so left-padded rows start at 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.layers.attention import DynamicCache, StaticCache
+
+
+def select_next_token(
+    logits: torch.Tensor,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The next token (B,) from last-position logits (B, vocab): argmax, or a sample after temperature,
+    top-k and top-p (nucleus) filtering, applied in that order as transformers does."""
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive when sampling, got {temperature}")
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative <= 1 - top_p
+        drop_sorted[..., -1] = False  # always keep the most likely token
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int = 0,
+    cache: str = "dynamic",
+    generator: torch.Generator | None = None,
+    **prefill_inputs: Any,
+) -> torch.Tensor:
+    """Prompt ids (B, L) followed by up to `max_new_tokens` new ones: (B, L + new).
+
+    attention_mask: (B, L), 0 on left padding. eos_token_id: one or several stop tokens; a finished row
+    is filled with `pad_token_id` until every row has finished. cache: "dynamic" (grows by concatenation)
+    or "static" (pre-allocated for L + max_new_tokens positions: no allocation per token, fastest on CPU).
+    """
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be (B, L), got {tuple(input_ids.shape)}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    batch_size, length = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if cache == "static":
+        kv_cache: DynamicCache | StaticCache = StaticCache(length + max_new_tokens)
+    elif cache == "dynamic":
+        kv_cache = DynamicCache()
+    else:
+        raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
+    stop = torch.tensor([] if eos_token_id is None else
+                        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+                        device=input_ids.device, dtype=torch.long)
+
+    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+    logits = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=kv_cache,
+                   logits_to_keep=1, **prefill_inputs)[:, -1]
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=input_ids.device)
+    new_tokens = []
+    for step in range(max_new_tokens):
+        token = select_next_token(logits, do_sample, temperature, top_k, top_p, generator)
+        token = token.masked_fill(finished, pad_token_id)
+        new_tokens.append(token)
+        finished |= torch.isin(token, stop)
+        if step == max_new_tokens - 1 or bool(finished.all()):
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, 1)], dim=1)
+        position_ids = position_ids[:, -1:] + 1
+        logits = model(token[:, None], attention_mask=attention_mask, position_ids=position_ids, cache=kv_cache,
+                       logits_to_keep=1)[:, -1]
+    return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)

@@ -1,0 +1,268 @@
+"""SmolVLM and SmolVLM2 (Idefics3 architecture): SigLIP tiles -> pixel shuffle -> linear -> SmolLM2 decoder.
+
+Every tile of an image (the crops and the global view) goes through the SigLIP encoder; pixel shuffle trades
+tokens for width (r^2 fewer tokens per tile), one linear layer maps them to the decoder's width, and they
+replace the `<image>` tokens of the prompt in order. SmolVLM2's video frames are just more tiles.
+Both published formats (transformers `model_type` "idefics3" and "smolvlm") hold the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.backbones.generation import generate
+from zoo.backbones.llama import LlamaConfig, LlamaModel, llama_config_from_transformers
+from zoo.backbones.siglip import SiglipVisionConfig, SiglipVisionTransformer, siglip_config_from_transformers
+from zoo.config import ZooConfig
+from zoo.layers.attention import DynamicCache, StaticCache
+from zoo.layers.token_reduction import pixel_shuffle_tokens
+from zoo.modeling import ZooModel
+from zoo.registry import Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model
+
+
+@dataclasses.dataclass
+class SmolVLMConfig(ZooConfig):
+    vision: SiglipVisionConfig = dataclasses.field(default_factory=SiglipVisionConfig)
+    text: LlamaConfig = dataclasses.field(default_factory=LlamaConfig)
+    scale_factor: int = 4
+    image_token_id: int = 49190
+    pad_token_id: int = 2
+    tie_word_embeddings: bool = False
+
+    @property
+    def image_seq_len(self) -> int:
+        """`<image>` tokens per tile: (image_size / patch)^2 / scale_factor^2."""
+        return self.vision.patches_per_side**2 // self.scale_factor**2
+
+
+class SmolVLM(ZooModel):
+    """forward(input_ids, pixel_values, ...) -> logits (B, L, vocab); `generate` decodes with a KV cache."""
+
+    config_class = SmolVLMConfig
+
+    def __init__(self, config: SmolVLMConfig):
+        super().__init__(config)
+        if config.vision.patches_per_side % config.scale_factor:
+            raise ValueError(
+                f"the {config.vision.patches_per_side}x{config.vision.patches_per_side} patch grid of a tile is not "
+                f"divisible by scale_factor={config.scale_factor}"
+            )
+        self.vision_model = SiglipVisionTransformer(config.vision)
+        self.connector = nn.Linear(config.vision.hidden_size * config.scale_factor**2, config.text.hidden_size,
+                                   bias=False)
+        self.text_model = LlamaModel(config.text)
+        self.lm_head = nn.Linear(config.text.hidden_size, config.text.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.text_model.embed_tokens.weight
+
+    def image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Tiles (B, N, 3, S, S) with pixel masks (B, N, S, S) -> features (tiles * image_seq_len, hidden).
+
+        All-zero tiles are batch padding and are skipped (unless no tile is real, when the first is kept).
+        """
+        if pixel_values.ndim != 5:
+            raise ValueError(f"pixel_values must be (B, num_tiles, 3, H, W), got {tuple(pixel_values.shape)}")
+        tiles = pixel_values.flatten(0, 1)
+        real = tiles.flatten(1).ne(0).any(dim=1)
+        real[0] |= ~real.any()
+        tiles = tiles[real]
+        p = self.config.vision.patch_size
+        if pixel_attention_mask is None:
+            patch_mask = None
+        else:
+            pixel_mask = pixel_attention_mask.flatten(0, 1)[real].bool()
+            patch_mask = pixel_mask.unfold(1, p, p).unfold(2, p, p).any(dim=(-1, -2))
+        tokens = self.vision_model(tiles, patch_mask)
+        return self.connector(pixel_shuffle_tokens(tokens, self.config.scale_factor)).flatten(0, 1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: DynamicCache | StaticCache | None = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """input_ids (B, L) with `image_seq_len` `<image>` tokens per tile; pixel_values (B, N, 3, S, S).
+
+        attention_mask (B, past + L), position_ids (B, L), cache: as in LlamaModel. logits_to_keep=k > 0
+        computes logits for the last k positions only (generation needs 1). Returns (B, L or k, vocab).
+        """
+        embeds = self.text_model.embed_tokens(input_ids)
+        if pixel_values is not None:
+            features = self.image_features(pixel_values, pixel_attention_mask).to(embeds.dtype)
+            is_image = input_ids == self.config.image_token_id
+            if int(is_image.sum()) != features.shape[0]:
+                raise ValueError(
+                    f"the prompt has {int(is_image.sum())} <image> tokens but the images give {features.shape[0]} "
+                    f"features ({self.config.image_seq_len} per tile); build prompts with the SmolVLM processor"
+                )
+            embeds = embeds.masked_scatter(is_image[..., None], features)
+        hidden = self.text_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                                 cache=cache)
+        return self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """Greedy or sampled decoding; see `zoo.backbones.generation.generate` for the options.
+
+        Pass `pixel_values` / `pixel_attention_mask` from the processor as keyword arguments.
+        """
+        kwargs.setdefault("pad_token_id", self.config.pad_token_id)
+        return generate(self, input_ids, attention_mask, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Published format: transformers (Idefics3ForConditionalGeneration and SmolVLMForConditionalGeneration)
+
+_TRANSFORMERS_RENAMES = (
+    (r"^model\.", ""),
+    (r"^vision_model\.(.*)\.self_attn\.out_proj\.", r"vision_model.\1.self_attn.o_proj."),
+    (r"^connector\.modality_projection\.proj\.", "connector."),
+)
+
+
+def _from_transformers_state_dict(state_dict: dict[str, torch.Tensor], config: SmolVLMConfig) -> dict[str, torch.Tensor]:
+    converted = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in _TRANSFORMERS_RENAMES:
+            key = re.sub(pattern, replacement, key)
+        converted[key] = value
+    if config.tie_word_embeddings and "lm_head.weight" not in converted:
+        converted["lm_head.weight"] = converted["text_model.embed_tokens.weight"]
+    return converted
+
+
+def _from_transformers_config(values: dict[str, Any]) -> SmolVLMConfig:
+    """transformers' Idefics3Config / SmolVLMConfig dict, with its defaults for the fields Hub configs omit."""
+    text = values.get("text_config") or {}
+    pad_token_id = text.get("pad_token_id")
+    return SmolVLMConfig(
+        vision=siglip_config_from_transformers(values.get("vision_config") or {}),
+        text=llama_config_from_transformers(text),
+        scale_factor=values.get("scale_factor", 2),
+        image_token_id=values.get("image_token_id", 128257),
+        pad_token_id=2 if pad_token_id is None else pad_token_id,
+        tie_word_embeddings=values.get("tie_word_embeddings", False),
+    )
+
+
+TRANSFORMERS = Converter(
+    "transformers",
+    convert_state_dict=_from_transformers_state_dict,
+    convert_config=_from_transformers_config,
+    matches_config=lambda values: values.get("model_type") in ("idefics3", "smolvlm"),
+    matches_keys=lambda keys: any(k.startswith("model.text_model.") for k in keys),
+)
+
+
+register_family("smolvlm", SmolVLM, [TRANSFORMERS])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registry
+
+
+def _example_inputs(config: SmolVLMConfig, batch_size: int, generator: torch.Generator | None) -> dict[str, Any]:
+    """One tile per sample: 4 text tokens, the tile's <image> tokens, 4 text tokens."""
+    size = config.vision.image_size
+    image_tokens = torch.full((batch_size, config.image_seq_len), config.image_token_id)
+    text = torch.randint(0, min(config.image_token_id, config.text.vocab_size), (batch_size, 8), generator=generator)
+    return {
+        "input_ids": torch.cat([text[:, :4], image_tokens, text[:, 4:]], dim=1),
+        "pixel_values": torch.randn(batch_size, 1, 3, size, size, generator=generator),
+    }
+
+
+def _input_spec(config: SmolVLMConfig) -> InputSpec:
+    size = config.vision.image_size
+    return InputSpec(
+        {"input_ids": TensorSpec((config.image_seq_len + 8,), torch.long, high=config.text.vocab_size),
+         "pixel_values": TensorSpec((1, 3, size, size))},
+        factory=_example_inputs,
+    )
+
+
+_PAPER = "2504.05299"
+_VISION_512 = SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                                 image_size=512, patch_size=16)
+_VISION_384 = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                                 image_size=384, patch_size=14)
+_TEXT_135M = LlamaConfig(vocab_size=49280, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0,
+                         max_position_embeddings=8192)
+_TEXT_360M = LlamaConfig(vocab_size=49280, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                         num_attention_heads=15, num_key_value_heads=5, rope_theta=100000.0,
+                         max_position_embeddings=8192)
+_TEXT_1_7B = LlamaConfig(vocab_size=49155, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                         num_attention_heads=32, num_key_value_heads=32, rope_theta=273768.0,
+                         max_position_embeddings=16384)
+
+
+def _sources(*repos: tuple[str, str]) -> tuple[PretrainedSource, ...]:
+    return tuple(PretrainedSource(f"HuggingFaceTB/{repo}", tag=tag, format="transformers", license="apache-2.0")
+                 for tag, repo in repos)
+
+
+def _register(name: str, config: SmolVLMConfig, sources: tuple[PretrainedSource, ...], description: str,
+              expected_params: int | None = None) -> None:
+    register_model(ModelEntry(
+        name, "smolvlm", "vlm", config, sources=sources, paper=_PAPER, description=description,
+        default_input=_input_spec(config), expected_params=expected_params,
+    ))
+
+
+_register(
+    "smolvlm-256m", SmolVLMConfig(vision=_VISION_512, text=_TEXT_135M, scale_factor=4, image_token_id=49190),
+    _sources(("instruct", "SmolVLM-256M-Instruct"), ("base", "SmolVLM-256M-Base")),
+    "SmolVLM 256M: SigLIP-B/16 at 512 px, 64 tokens per tile, SmolLM2-135M.", 256_484_928,
+)
+_register(
+    "smolvlm-500m", SmolVLMConfig(vision=_VISION_512, text=_TEXT_360M, scale_factor=4, image_token_id=49190),
+    _sources(("instruct", "SmolVLM-500M-Instruct"), ("base", "SmolVLM-500M-Base")),
+    "SmolVLM 500M: SigLIP-B/16 at 512 px, 64 tokens per tile, SmolLM2-360M.", 507_482_304,
+)
+_register(
+    "smolvlm-2.2b", SmolVLMConfig(vision=_VISION_384, text=_TEXT_1_7B, scale_factor=3, image_token_id=49153),
+    _sources(("instruct", "SmolVLM-Instruct"), ("base", "SmolVLM-Base"), ("synthetic", "SmolVLM-Synthetic")),
+    "SmolVLM 2.2B: SigLIP-SO400M/14 at 384 px, 81 tokens per tile, SmolLM2-1.7B.", 2_246_272_880,
+)
+_register(
+    "smolvlm2-256m", SmolVLMConfig(vision=_VISION_512, text=_TEXT_135M, scale_factor=4, image_token_id=49190),
+    _sources(("video-instruct", "SmolVLM2-256M-Video-Instruct")),
+    "SmolVLM2 256M for images and video (frames as tiles): SigLIP-B/16, SmolLM2-135M.", 256_484_928,
+)
+_register(
+    "smolvlm2-500m", SmolVLMConfig(vision=_VISION_512, text=_TEXT_360M, scale_factor=4, image_token_id=49190),
+    _sources(("video-instruct", "SmolVLM2-500M-Video-Instruct")),
+    "SmolVLM2 500M for images and video: SigLIP-B/16, SmolLM2-360M.", 507_482_304,
+)
+_register(
+    "smolvlm2-2.2b",
+    SmolVLMConfig(vision=_VISION_384, text=dataclasses.replace(_TEXT_1_7B, vocab_size=49280, rope_theta=130000.0,
+                                                                max_position_embeddings=8192),
+                  scale_factor=3, image_token_id=49190),
+    _sources(("instruct", "SmolVLM2-2.2B-Instruct")),
+    "SmolVLM2 2.2B for images and video: SigLIP-SO400M/14, SmolLM2-1.7B.", 2_246_784_880,
+)
+_register(
+    "smolvlm-tiny",
+    SmolVLMConfig(
+        vision=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  image_size=64, patch_size=16),
+        text=LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, rope_theta=100000.0,
+                         max_position_embeddings=2048),
+        scale_factor=2, image_token_id=300, pad_token_id=0,
+    ),
+    (), "A 2-layer SmolVLM for tests and the quickstart (4 tokens per 64 px tile).",
+)
