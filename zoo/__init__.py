@@ -8,7 +8,7 @@
 __version__ = "0.1.0"
 
 from .config import ZooConfig
-from .errors import CheckpointError, ConfigError, HubError, UnknownModelError, ZooError
+from .errors import CheckpointError, ConfigError, HubError, InputError, UnknownModelError, ZooError
 from .factory import create, from_pretrained
 from .modeling import ZooModel
 from .registry import list_models, model_info
@@ -17,6 +17,6 @@ from .registry import list_models, model_info
 from . import backbones, diffusion, restoration, vlm  # noqa: E402,F401  isort: skip
 
 __all__ = [
-    "CheckpointError", "ConfigError", "HubError", "UnknownModelError", "ZooConfig", "ZooError", "ZooModel",
+    "CheckpointError", "ConfigError", "HubError", "InputError", "UnknownModelError", "ZooConfig", "ZooError", "ZooModel",
     "create", "from_pretrained", "list_models", "model_info",
 ]

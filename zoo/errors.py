@@ -25,6 +25,10 @@ class CheckpointError(ZooError, ValueError):
     """A checkpoint that cannot be read, is unsafe, or does not fit the model."""
 
 
+class InputError(ZooError, ValueError):
+    """Model input that cannot be used: a missing or unreadable image or video, prompts and media that disagree."""
+
+
 class HubError(ZooError, OSError):
     """The Hugging Face Hub could not give us what we asked for."""
 

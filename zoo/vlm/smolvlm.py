@@ -165,7 +165,42 @@ TRANSFORMERS = Converter(
 )
 
 
-register_family("smolvlm", SmolVLM, [TRANSFORMERS])
+def run_smolvlm(name: str, args: Any) -> None:
+    """`zoo run smolvlm-* --prompt TEXT [--image PATH ...] [--video PATH]`: print the model's answer."""
+    from zoo.errors import InputError
+    from zoo.factory import create, from_pretrained
+    from zoo.registry import split_name
+    from zoo.vlm.smolvlm_processing import SmolVLMProcessor
+
+    if not args.prompt:
+        raise InputError("zoo run needs --prompt for a vision-language model")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.checkpoint:
+        source, revision = args.checkpoint, None
+        model = from_pretrained(source, family="smolvlm", dtype=args.dtype or "auto", device=device)
+    else:
+        entry, tag = split_name(name)
+        source, revision = entry.source(tag).hub_id, entry.source(tag).revision
+        model = create(name, pretrained=True, dtype=args.dtype, device=device)
+    processor = SmolVLMProcessor.from_pretrained(
+        source, revision=revision, image_seq_len=model.config.image_seq_len,
+        max_image_size=model.config.vision.image_size,
+    )
+    content = [{"type": "image"} for _ in args.image] + ([{"type": "video"}] if args.video else [])
+    content.append({"type": "text", "text": args.prompt})
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(text=prompt, images=args.image or None, videos=args.video,
+                       max_length=model.config.text.max_position_embeddings - args.max_new_tokens)
+    inputs = {key: value.to(device) for key, value in inputs.items()}
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.lm_head.weight.dtype)
+    tokenizer = processor.tokenizer
+    stop = {tokenizer.convert_tokens_to_ids("<end_of_utterance>"), tokenizer.eos_token_id} - {None}
+    output = model.generate(**inputs, max_new_tokens=args.max_new_tokens, eos_token_id=sorted(stop), cache="static")
+    print(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+
+
+register_family("smolvlm", SmolVLM, [TRANSFORMERS], runner=run_smolvlm)
 
 
 # ---------------------------------------------------------------------------------------------------
