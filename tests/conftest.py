@@ -18,6 +18,10 @@ from tests.hub_server import FakeHub
 
 CLOSED_ENDPOINT = "http://127.0.0.1:9"
 
+# The test models are tiny: a second intra-op thread only adds synchronisation, which stalls badly when the
+# cores are shared. One thread also makes timings of the suite independent of the machine's core count.
+torch.set_num_threads(1)
+
 toy.register()
 
 

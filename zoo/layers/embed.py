@@ -39,7 +39,8 @@ class PatchEmbed(nn.Module):
                 f"{self.patch_size}, got {tuple(x.shape)}"
             )
         x = self.proj(x)
-        return rearrange(x, "b c ... -> b (...) c"), tuple(x.shape[2:])
+        # Contiguous tokens: a channels-last view would make every later norm copy its input.
+        return rearrange(x, "b c ... -> b (...) c").contiguous(), tuple(x.shape[2:])
 
 
 def timestep_embedding(
