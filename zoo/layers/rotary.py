@@ -119,11 +119,6 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
-def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
-    even, odd = x[..., 0::2], x[..., 1::2]
-    return torch.stack((-odd, even), dim=-1).flatten(-2)
-
-
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """Rotate the first 2 * cos.shape[-1] channels of x (B, H, L, D); the rest pass through.
 
@@ -140,14 +135,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
             f"{tuple(cos.shape)}, got x of shape {tuple(x.shape)}"
         )
     cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)  # broadcast over heads
-    if interleaved:
-        cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
-        rotate = _rotate_pairs
+    x_rot = x[..., :rot].float()
+    if interleaved:  # (even + i odd) * (cos + i sin), as one complex product
+        pairs = torch.view_as_complex(x_rot.unflatten(-1, (-1, 2)).contiguous())
+        rotated = torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2).to(x.dtype)
     else:
         cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
-        rotate = _rotate_half
-    x_rot = x[..., :rot].float()
-    rotated = (x_rot * cos + rotate(x_rot) * sin).to(x.dtype)
+        rotated = (x_rot * cos + _rotate_half(x_rot) * sin).to(x.dtype)
     if rot == x.shape[-1]:
         return rotated
     return torch.cat((rotated, x[..., rot:]), dim=-1)
