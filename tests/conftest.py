@@ -39,6 +39,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def seeded() -> None:
+    """Every test starts from the same random state, so random inputs (and tolerances) are reproducible."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
 def isolated_hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own HF_HOME and cache, no token, online mode, and a closed endpoint."""
     from huggingface_hub import constants

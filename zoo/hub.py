@@ -466,6 +466,7 @@ def render_model_card(model: nn.Module, repo_id: str | None = None, card_data: d
         "paper": entry.paper if entry else "",
         "license": source.license if source and source.license else "other",
         "published_metrics": dict(source.metrics) if source else {},
+        "preprocess": dict(source.preprocess) if source else {},
         "params": params,
         "params_human": format_count(params),
         "repo_id": repo_id,

@@ -1,0 +1,25 @@
+"""Helpers shared by the vision backbones' feature-map API (`forward_intermediates`, `feature_info`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..errors import ConfigError
+
+
+def take_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
+    """Which of `count` feature maps to return, as timm reads `indices`.
+
+    None takes all of them, an int `n` the last `n`, a sequence those positions (negative ones count
+    from the end). Returns sorted non-negative positions.
+    """
+    if indices is None:
+        return list(range(count))
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ConfigError(f"indices={indices} asks for the last {indices} of {count} feature maps.")
+        return list(range(count - indices, count))
+    wrong = [i for i in indices if not -count <= i < count]
+    if wrong:
+        raise ConfigError(f"Feature indices {wrong} are out of range for {count} feature maps (0..{count - 1}).")
+    return sorted({i % count for i in indices})
