@@ -2,7 +2,8 @@
 pixel values (1e-5), pixel masks, input ids with left padding, chat templates, video frame sampling and prompts,
 loading from checkpoint folders and the Hub cache, and the errors for bad inputs.
 
-Tokenizers are built here: one token per byte plus SmolVLM's special tokens and the checkpoints' chat template.
+Tokenizers are built procedurally (`build_byte_tokenizer`): one token per byte plus SmolVLM's special tokens and the
+checkpoints' chat template.
 """
 
 import json
@@ -11,12 +12,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     AutoProcessor,
     Idefics3ImageProcessor,
     Idefics3Processor,
-    PreTrainedTokenizerFast,
     SmolVLMImageProcessor,
     SmolVLMImageProcessorPil,
     SmolVLMVideoProcessor,
@@ -27,6 +26,7 @@ from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
 from tests.hub_server import populate_cache
 from zoo.errors import InputError
 from zoo.vlm.smolvlm_processing import (
+    CHECKPOINT_CHAT_TEMPLATE,
     DEFAULT_CHAT_TEMPLATE,
     SmolVLMProcessor,
     image_prompt,
@@ -34,41 +34,13 @@ from zoo.vlm.smolvlm_processing import (
     sample_frame_indices,
     tiled_image_size,
 )
+from zoo.vlm.smolvlm_processing import build_byte_tokenizer as make_tokenizer
 
-# The chat template shipped with the SmolVLM checkpoints (chat_template.json).
-CHECKPOINT_CHAT_TEMPLATE = (
-    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] == "
-    "'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}"
-    "{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
 NORMALIZE = dict(resample=1, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 ATOL = 1e-5
 
 # (height, width): square, landscape 640x480, portrait, tiny 30x50, a thin strip, one smaller than a 64-px tile
 IMAGE_SIZES = [(96, 96), (480, 640), (120, 68), (50, 30), (5, 160), (40, 56)]
-
-
-def make_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
-    """Byte-level, no merges (every byte is a token), SmolVLM's special tokens; optionally prepends BOS."""
-    vocab = {token: index for index, token in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])}
-    for character in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[character] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    if add_bos:
-        bos = [("<|im_start|>", vocab["<|im_start|>"])]
-        backend.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", special_tokens=bos)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-    )
-    grid = [f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)]
-    specials = ["<global-img>", *grid, "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<video>"]
-    tokenizer.add_special_tokens({"additional_special_tokens": specials})
-    tokenizer.chat_template = CHECKPOINT_CHAT_TEMPLATE
-    return tokenizer
 
 
 @pytest.fixture(scope="module")

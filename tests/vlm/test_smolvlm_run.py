@@ -7,9 +7,10 @@ import json
 import pytest
 
 import zoo
-from tests.vlm.test_smolvlm_processing import make_tokenizer, random_image
+from tests.vlm.test_smolvlm_processing import random_image
 from zoo.cli import main
 from zoo.vlm.smolvlm_processing import SmolVLMProcessor
+from zoo.vlm.smolvlm_processing import build_byte_tokenizer as make_tokenizer
 
 
 @pytest.fixture

@@ -1,1 +1,160 @@
-"""Embedded datasets that need no download, and loaders for the usual user formats."""
+"""Embedded datasets that need no download, and loaders for the usual user formats.
+
+`load_dataset(name_or_path, kind)` gives a map-style dataset of samples of one kind:
+
+    classification   {"image": uint8 (3, H, W), "label": int}
+    vqa              {"image": uint8 (3, H, W), "question": str, "answer": str}
+    captions         {"image": uint8 (3, H, W), "caption": str}
+    restoration      {"degraded": float (3, h, w), "clean": float (3, H, W)}, in [0, 1]
+
+from an embedded dataset name (`EMBEDDED`), an image folder, a `.jsonl` file, or `hf:NAME[:SPLIT]` /
+a `datasets.save_to_disk` folder (Hugging Face `datasets`, when installed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from zoo.errors import ConfigError, InputError, closest
+
+from .formats import HFDataset, ImageFolder, JsonlDataset
+from .shapes import ShapesCaptions, ShapesClassification, ShapesRestoration, ShapesVQA
+
+KINDS = ("classification", "vqa", "captions", "restoration")
+
+# name -> (class, kind, fixed options, what it is)
+EMBEDDED: dict[str, tuple[type, str, dict[str, Any], str]] = {
+    "shapes": (ShapesClassification, "classification", {}, "one shape per image, 4 classes (its kind)"),
+    "shapes-vqa": (ShapesVQA, "vqa", {}, "questions about the colour, kind, count and position of 1-3 shapes"),
+    "shapes-captions": (ShapesCaptions, "captions", {}, "1-2 shapes with a caption, for text-to-image"),
+    "shapes-restoration": (ShapesRestoration, "restoration", {}, "blurred and noisy / clean pairs"),
+    "shapes-sr": (ShapesRestoration, "restoration", {"scale": 2}, "blurred, 2x downsampled, noisy / clean pairs"),
+}
+EVAL_SPLITS = ("eval", "val", "validation", "test")
+
+
+def describe_embedded() -> str:
+    return "; ".join(f"{name} ({kind}: {about})" for name, (_, kind, _, about) in EMBEDDED.items())
+
+
+def load_dataset(
+    name_or_path: str | Path,
+    kind: str,
+    split: str = "train",
+    seed: int = 0,
+    **options: Any,
+) -> Dataset | None:
+    """The `split` ("train" or "eval") of a dataset giving `kind` samples.
+
+    Embedded datasets take their options (num_samples, image_size, ...) and `seed`; their eval split is a disjoint
+    stream of the same generator. Image folders and HF datasets take `image_size` (resize) and, for their eval split,
+    an `eval` / `val` / `validation` / `test` sub-folder or split when there is one; a `.jsonl` file takes its eval
+    split from `eval_data` (another file) in `options`. Returns None for an eval split that does not exist.
+    Errors (an unknown name, a missing path, a file of the wrong format or kind) are raised as InputError.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"Unknown sample kind '{kind}'; kinds: {', '.join(KINDS)}.")
+    name = str(name_or_path)
+    options = dict(options)
+    eval_data = options.pop("eval_data", None)
+    if name in EMBEDDED:
+        cls, own_kind, fixed, _ = EMBEDDED[name]
+        _check_kind(name, own_kind, kind)
+        if split == "eval":
+            options["num_samples"] = options.pop("eval_samples", options.get("num_samples", 200))
+        options.pop("eval_samples", None)
+        options.pop("columns", None)
+        try:
+            return cls(seed=seed, split=split, **{**options, **fixed})
+        except TypeError as error:
+            raise ConfigError(f"Dataset '{name}' does not take these options ({error}).") from error
+    image_size = options.get("image_size")
+    if name.startswith("hf:"):
+        source = name[3:]
+        if split == "eval":
+            if ":" in source:
+                return None
+            try:
+                return _first_eval_split(lambda s: HFDataset(source, kind, s, image_size, options.get("columns")))
+            except InputError:
+                return None
+        return HFDataset(source, kind, split, image_size, options.get("columns"))
+    path = Path(name).expanduser()
+    if not path.exists():
+        hint = closest(name, EMBEDDED)
+        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+        raise InputError(
+            f"Dataset '{name}' is neither an embedded dataset nor an existing path.{suggestion} "
+            f"Embedded: {describe_embedded()}. Or give an image folder, a .jsonl file, or hf:NAME."
+        )
+    if path.is_dir() and _is_saved_hf_dataset(path):
+        if split == "eval":
+            if not (path / "dataset_dict.json").is_file():
+                return None  # a single saved split: no eval split
+            try:
+                return _first_eval_split(lambda s: HFDataset(str(path), kind, s, image_size, options.get("columns")))
+            except InputError:
+                return None
+        return HFDataset(str(path), kind, split, image_size, options.get("columns"))
+    if path.is_dir():
+        if kind != "classification":
+            raise InputError(
+                f"{path} is a folder; folders are read as classification data (one sub-folder per class), but "
+                f"this task needs {kind} samples. Give a .jsonl file instead (see zoo.data.formats)."
+            )
+        sub = {p.name: p for p in path.iterdir() if p.is_dir()}
+        train_dir = sub.get("train")
+        eval_dir = next((sub[s] for s in EVAL_SPLITS if s in sub), None)
+        if split == "eval":
+            return ImageFolder(eval_dir, image_size) if train_dir is not None and eval_dir is not None else None
+        return ImageFolder(train_dir if train_dir is not None and eval_dir is not None else path, image_size)
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        raise InputError(
+            f"{path} is a {path.suffix or 'suffix-less'} file; zoo reads datasets from a .jsonl file, an image "
+            f"folder, hf:NAME or an embedded name ({', '.join(EMBEDDED)})."
+        )
+    if split == "eval":
+        if eval_data is None:
+            return None
+        path = Path(eval_data).expanduser()
+    dataset = JsonlDataset(path, image_size)
+    _check_kind(str(path), dataset.kind, kind)
+    return dataset
+
+
+def dataset_kind(name_or_path: str) -> str | None:
+    """The kind of an embedded dataset, else None (paths are checked when they are loaded)."""
+    entry = EMBEDDED.get(str(name_or_path))
+    return entry[1] if entry else None
+
+
+def _check_kind(name: str, own_kind: str, kind: str) -> None:
+    if own_kind != kind:
+        fitting = [n for n, (_, k, _, _) in EMBEDDED.items() if k == kind]
+        raise InputError(
+            f"Dataset '{name}' holds {own_kind} samples, but this task needs {kind} samples"
+            + (f" (e.g. {', '.join(fitting)})." if fitting else ".")
+        )
+
+
+def _is_saved_hf_dataset(path: Path) -> bool:
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def _first_eval_split(load):
+    last_error = None
+    for split in EVAL_SPLITS:
+        try:
+            return load(split)
+        except InputError as error:
+            last_error = error
+    raise last_error
+
+
+__all__ = [
+    "EMBEDDED", "KINDS", "HFDataset", "ImageFolder", "JsonlDataset", "ShapesCaptions", "ShapesClassification",
+    "ShapesRestoration", "ShapesVQA", "load_dataset",
+]

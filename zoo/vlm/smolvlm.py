@@ -292,12 +292,14 @@ _register(
 _register(
     "smolvlm-tiny",
     SmolVLMConfig(
-        vision=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  image_size=64, patch_size=16),
+        vision=SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                  image_size=64, patch_size=8),
         text=LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, rope_theta=100000.0,
                          max_position_embeddings=2048),
-        scale_factor=2, image_token_id=300, pad_token_id=0,
+        # <image> and the padding token of zoo's procedural byte tokenizer (build_byte_tokenizer)
+        scale_factor=4, image_token_id=298, pad_token_id=2,
     ),
-    (), "A 2-layer SmolVLM for tests and the quickstart (4 tokens per 64 px tile).",
+    (), "A 2-layer SmolVLM for tests and the quickstart: 8 px patches, 4 tokens per 64 px tile (one per quadrant), "
+        "token ids of zoo's procedural byte tokenizer.",
 )

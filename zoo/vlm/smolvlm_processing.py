@@ -62,8 +62,50 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
+# The chat template shipped with the SmolVLM checkpoints (their chat_template.json).
+CHECKPOINT_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] == "
+    "'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}"
+    "{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
 ImageInput = Image.Image | str | Path | np.ndarray | Tensor
 VideoInput = str | Path | np.ndarray | Tensor | Sequence[Image.Image]
+
+
+def build_byte_tokenizer(add_bos: bool = False) -> Any:
+    """A SmolVLM tokenizer built procedurally, with nothing to download: one token per byte, no merges.
+
+    Ids 0-2 are `<|endoftext|>` (unk), `<|im_start|>` (bos) and `<|im_end|>` (pad), 3-258 the 256 byte-level
+    symbols, then SmolVLM's special tokens: `<end_of_utterance>` (259, eos), `<global-img>` (260), the 36
+    `<row_r_col_c>` tile tokens (261-296), `<fake_token_around_image>` (297), `<image>` (298) and `<video>` (299):
+    300 tokens, which fit `smolvlm-tiny`'s vocabulary of 320 (its image_token_id is 298). The chat template is the
+    checkpoints' (`CHECKPOINT_CHAT_TEMPLATE`). With `add_bos=True` every encoded text starts with `<|im_start|>`.
+    It is a transformers `PreTrainedTokenizerFast`: it saves and reloads with `save_pretrained` /
+    `AutoTokenizer.from_pretrained`. Tests and `zoo quickstart` use it; real checkpoints ship their own tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])}
+    for character in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[character] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    if add_bos:
+        bos = [("<|im_start|>", vocab["<|im_start|>"])]
+        backend.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", special_tokens=bos)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    grid = [f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7)]
+    specials = [GLOBAL_IMAGE_TOKEN, *grid, FAKE_IMAGE_TOKEN, IMAGE_TOKEN, "<end_of_utterance>", VIDEO_TOKEN]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    tokenizer.chat_template = CHECKPOINT_CHAT_TEMPLATE
+    return tokenizer
 
 
 def _fit_longest_edge(height: int, width: int, longest_edge: int, even: bool = False) -> tuple[int, int]:
@@ -374,6 +416,40 @@ class SmolVLMProcessor:
         settings = {name: value for name, value in settings.items() if value is not None}
         tokenizer = AutoTokenizer.from_pretrained(folder)
         return cls(tokenizer, **{**settings, **overrides})
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write the tokenizer and the processor settings as transformers names them, so that `from_pretrained`
+        and transformers' `AutoProcessor` read them back: `processor_config.json` (the image and video processor
+        settings and `image_seq_len`), `chat_template.jinja` when there is a template, and the tokenizer files.
+
+        The backend (torchvision or PIL) and the padding side are call-time choices and are not saved.
+        """
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        common = {
+            "do_convert_rgb": True, "do_resize": True, "do_rescale": True, "do_normalize": True, "do_pad": True,
+            "resample": 1,  # LANCZOS
+            "image_mean": list(self.image_mean), "image_std": list(self.image_std),
+            "rescale_factor": self.rescale_factor, "max_image_size": {"longest_edge": self.max_image_size},
+        }
+        image_processor = {
+            **common, "image_processor_type": "SmolVLMImageProcessor",
+            "size": {"longest_edge": self.longest_edge}, "do_image_splitting": self.do_image_splitting,
+        }
+        video_size = {"longest_edge": self.video_longest_edge}
+        video_processor = {
+            **common, "video_processor_type": "SmolVLMVideoProcessor", "size": video_size,
+            "fps": self.video_fps, "num_frames": self.video_max_frames, "do_sample_frames": False,
+            "video_sampling": {"fps": self.video_fps, "max_frames": self.video_max_frames, "video_size": video_size},
+        }
+        config = {"image_processor": image_processor, "image_seq_len": self.image_seq_len,
+                  "processor_class": "SmolVLMProcessor", "video_processor": video_processor}
+        (folder / "processor_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        self.tokenizer.save_pretrained(folder)
+        template = self.chat_template or getattr(self.tokenizer, "chat_template", None)
+        if template:
+            (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+        return folder
 
     def preprocess_image(self, image: ImageInput) -> tuple[Tensor, int, int]:
         """One image -> (tiles (N, 3, M, M) float, rows, cols); N = rows * cols + 1, or 1 when rows = cols = 0."""
