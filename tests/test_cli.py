@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -93,6 +95,15 @@ def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "zoo.cli", "info", "no-such-model"], capture_output=True, text=True)
     assert result.returncode == 2 and "Unknown model 'no-such-model'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_readme_model_table_is_current():
+    """The README's table is `zoo list --markdown` of the registered families (a fresh process: no test models)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    table = re.search(r"<!-- models -->\n(.*?)<!-- /models -->", readme, flags=re.S).group(1)
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "list", "--markdown"], capture_output=True, text=True,
+                            check=True)
+    assert table == result.stdout, "the README's model table is stale: paste `zoo list --markdown` between its markers"
 
 
 def test_run_dispatches_to_the_family_runner(capsys):

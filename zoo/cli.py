@@ -151,6 +151,54 @@ def _run(args: argparse.Namespace) -> None:
     family.runner(args.name, args)
 
 
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from train.cli import add_train_arguments
+
+    add_train_arguments(parser)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from train.cli import run_train
+
+    return run_train(args)
+
+
+def _quickstart_arguments(parser: argparse.ArgumentParser) -> None:
+    from train.cli import add_quickstart_arguments
+
+    add_quickstart_arguments(parser)
+
+
+def _quickstart(args: argparse.Namespace) -> int:
+    from train.cli import run_quickstart
+
+    return run_quickstart(args)
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    from eval.cli import add_eval_arguments
+
+    add_eval_arguments(parser)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from eval.cli import run_eval_command
+
+    return run_eval_command(args)
+
+
+def _bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from eval.cli import add_bench_arguments
+
+    add_bench_arguments(parser)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from eval.cli import run_bench_command
+
+    return run_bench_command(args)
+
+
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
@@ -160,6 +208,13 @@ COMMANDS: dict[str, Command] = {
         Command("convert", "convert a published checkpoint to zoo's format", _convert_arguments, _convert),
         Command("push", "upload a saved model folder to the Hub", _push_arguments, _push),
         Command("run", "run a model on an image, video or prompt", _run_arguments, _run),
+        Command("train", "train a model on a task (also under `accelerate launch -m zoo.cli train`)",
+                _train_arguments, _train),
+        Command("quickstart", "train smolvlm-tiny on shapes VQA on CPU and check it learned (a few minutes)",
+                _quickstart_arguments, _quickstart),
+        Command("eval", "evaluate a model on a dataset and write the metrics as JSON", _eval_arguments, _eval),
+        Command("bench", "params, FLOPs, latency, throughput and memory, optionally against a reference "
+                "implementation", _bench_arguments, _bench),
     )
 }
 

@@ -1,48 +1,28 @@
 """CPU timings of zoo.layers.attention: SDPA against the explicit fp32 reference, and KV-cache decoding.
 
-Each pair of contenders runs alternately in one process after warm-up; medians and their ratio are
-printed. Run with `python -m eval.benchmarks.layers_attention`.
+Each pair of contenders runs alternately in one process after warm-up (eval.timing); medians and their ratio are
+printed. Run with `zoo bench --micro attention` or `python -m eval.benchmarks.layers_attention [--threads N]`.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import argparse
 from collections.abc import Callable
 from functools import partial
 
 import torch
 
-from zoo.layers.attention import Attention, DynamicCache, StaticCache, scaled_dot_product
+from eval.benchmarks import header, report_pair
+from eval.timing import Contender, alternate
+from zoo.layers.attention import (
+    Attention,
+    DynamicCache,
+    StaticCache,
+    scaled_dot_product,
+)
 
 REPEATS = 7
 WARMUP = 2
-
-
-def _median_times(contenders: dict[str, Callable[[], Callable[[], object]]]) -> dict[str, float]:
-    """Median seconds of each contender, run in turn (a, b, a, b, ...) after warm-up.
-
-    A contender is a setup function (not timed) returning the function to time.
-    """
-    times = {name: [] for name in contenders}
-    for repeat in range(WARMUP + REPEATS):
-        for name, setup in contenders.items():
-            run = setup()
-            start = time.perf_counter()
-            run()
-            if repeat >= WARMUP:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(samples) for name, samples in times.items()}
-
-
-def _without_setup(run: Callable[[], object]) -> Callable[[], Callable[[], object]]:
-    return lambda: run
-
-
-def _report(case: str, medians: dict[str, float]) -> None:
-    (fast, fast_s), (slow, slow_s) = medians.items()
-    timings = f"{fast:>8s} {fast_s * 1e3:8.2f} ms  {slow:>9s} {slow_s * 1e3:8.2f} ms"
-    print(f"{case:40s} {timings}  ratio {slow_s / fast_s:5.2f}x")
 
 
 @torch.inference_mode()
@@ -50,16 +30,15 @@ def bench_sdpa_vs_reference() -> None:
     for heads, kv_heads, length in [(9, 9, 512), (9, 3, 512), (9, 9, 2048), (9, 3, 2048)]:
         q = torch.randn(1, heads, length, 64)
         k, v = torch.randn(2, 1, kv_heads, length, 64).unbind(0)
-        contenders = {
-            backend: _without_setup(partial(scaled_dot_product, q, k, v, is_causal=True, backend=backend))
-            for backend in ("sdpa", "reference")
-        }
-        _report(f"causal B1 H{heads}/{kv_heads} L{length} D64", _median_times(contenders))
+        contenders = {backend: partial(scaled_dot_product, q, k, v, is_causal=True, backend=backend)
+                      for backend in ("sdpa", "reference")}
+        report_pair(f"causal B1 H{heads}/{kv_heads} L{length} D64", alternate(contenders, REPEATS, WARMUP))
 
 
 @torch.inference_mode()
 def bench_cache_decoding(prompt: int = 2048, new_tokens: int = 32) -> None:
-    """Greedy-decoding shape: one GQA layer of SmolLM2-135M's widths, a prompt, then one token at a time."""
+    """Greedy-decoding shape: one GQA layer of SmolLM2-135M's widths, a prompt, then one token at a time; the
+    prefill of each run is set-up, not timed."""
     attention = Attention(576, 9, 3)
     x = torch.randn(1, prompt + new_tokens, 576)
 
@@ -73,15 +52,19 @@ def bench_cache_decoding(prompt: int = 2048, new_tokens: int = 32) -> None:
         return decode
 
     contenders = {
-        "static": lambda: prefilled(StaticCache(prompt + new_tokens)),
-        "dynamic": lambda: prefilled(DynamicCache()),
+        "static": Contender(setup=lambda: prefilled(StaticCache(prompt + new_tokens))),
+        "dynamic": Contender(setup=lambda: prefilled(DynamicCache())),
     }
-    _report(f"decode {new_tokens} tokens after {prompt} (1 layer)", _median_times(contenders))
+    report_pair(f"decode {new_tokens} tokens after {prompt} (1 layer)", alternate(contenders, REPEATS, WARMUP))
 
 
-def main() -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32")
-    print(f"medians of {REPEATS} alternating runs after {WARMUP} warm-up; ratio = slower / faster")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(header())
     bench_sdpa_vs_reference()
     bench_cache_decoding()
 

@@ -5,15 +5,13 @@ the timm model contract."""
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
-import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
 
 import zoo
+from eval.references import import_wavemix_classification
 from tests.hub_server import populate_cache
 from zoo import hub
 from zoo.backbones.wavemix import WaveMix, WaveMixConfig
@@ -25,18 +23,9 @@ FAMILY = get_family("wavemix")
 
 @pytest.fixture(scope="module")
 def pip_wavemix():
-    """The pip package. Its DWT module imports `hamming` from numpy.lib.function_base, which numpy 2 removed
-    (it never uses it): a stand-in module provides the name."""
+    """The pip package, imported through the numpy 2 shim that `zoo bench --compare wavemix` uses too."""
     pytest.importorskip("pywt")
-    if "numpy.lib.function_base" not in sys.modules:
-        try:
-            importlib.import_module("numpy.lib.function_base")
-        except ImportError:
-            shim = types.ModuleType("numpy.lib.function_base")
-            shim.hamming = np.hamming
-            sys.modules["numpy.lib.function_base"] = shim
-    pytest.importorskip("wavemix")
-    return importlib.import_module("wavemix.classification"), importlib.import_module("wavemix.SemSegment")
+    return import_wavemix_classification(), importlib.import_module("wavemix.SemSegment")
 
 
 def _randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
