@@ -225,8 +225,8 @@ def write_plots(records: Sequence[dict[str, Any]], out_dir: Path, name: str) -> 
     figure.savefig(paths["throughput_plot"], dpi=120)
     plt.close(figure)
 
-    bars = [(f"{r['model']}\n{phase} vs {r['reference']['name']}", ratio)
-            for r in records if r.get("ratios") for phase, ratio in r["ratios"].items()]
+    bars = [(f"{r['model']}\n{phase} vs {r['reference']['name']}\nbatch {r['batch']}, {r['machine']['threads']} thr",
+             ratio) for r in records if r.get("ratios") for phase, ratio in r["ratios"].items()]
     if bars:
         figure, axis = plt.subplots(figsize=(max(5.0, 1.3 * len(bars) + 1), 4))
         positions = range(len(bars))

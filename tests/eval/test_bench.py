@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from eval import timing
-from eval.bench import BenchOptions, run_bench, with_layers
+from eval.bench import BenchOptions, headline, run_bench, with_layers
 from eval.inputs import make_inputs, parse_input
 from eval.references import REFERENCES, MissingPackageError, get_reference
 from eval.report import CSV_COLUMNS, readme_table, update_readme
@@ -308,3 +308,27 @@ def test_every_registered_reference_names_its_family():
         get_family(family)
         for name, reference in references.items():
             assert reference.name == name and reference.family == family
+
+
+class _FakeNVML:
+    """Stands in for pynvml: a GPU whose energy counter (mJ) advances 250 mJ per read."""
+
+    def __init__(self):
+        self.millijoules = 1_000_000
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        assert handle == "gpu0"
+        self.millijoules += 250
+        return self.millijoules
+
+
+def test_energy_per_run_from_the_nvml_counter():
+    """The NVML path needs a GPU to run for real; here a stand-in counter checks the bookkeeping: each timed run
+    gets the counter's difference in joules, warm-up runs none, and the headline divides by the batch."""
+    meter = timing.EnergyMeter(_FakeNVML(), "gpu0")
+    samples = timing.alternate({"a": lambda: None, "b": lambda: None}, repeats=3, warmup=1, energy=meter)
+    assert [s.energy for s in samples.values()] == [[0.25] * 3, [0.25] * 3]
+    assert samples["a"].summary()["energy_j"] == 0.25
+    assert timing.EnergyMeter.open("cpu") is None
+    phases = {"forward": {**samples["a"].summary()}}
+    assert headline("backbone", {"phases": phases}, batch=4)["energy_j_per_sample"] == pytest.approx(0.0625)
