@@ -151,52 +151,15 @@ def _run(args: argparse.Namespace) -> None:
     family.runner(args.name, args)
 
 
-def _train_arguments(parser: argparse.ArgumentParser) -> None:
-    from train.cli import add_train_arguments
+def _lazy(module: str, function: str) -> Callable:
+    """`module.function`, imported on first call, so that a command imports its stack only when it is used."""
 
-    add_train_arguments(parser)
+    def call(*args: object) -> object:
+        import importlib
 
+        return getattr(importlib.import_module(module), function)(*args)
 
-def _train(args: argparse.Namespace) -> int:
-    from train.cli import run_train
-
-    return run_train(args)
-
-
-def _quickstart_arguments(parser: argparse.ArgumentParser) -> None:
-    from train.cli import add_quickstart_arguments
-
-    add_quickstart_arguments(parser)
-
-
-def _quickstart(args: argparse.Namespace) -> int:
-    from train.cli import run_quickstart
-
-    return run_quickstart(args)
-
-
-def _eval_arguments(parser: argparse.ArgumentParser) -> None:
-    from eval.cli import add_eval_arguments
-
-    add_eval_arguments(parser)
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from eval.cli import run_eval_command
-
-    return run_eval_command(args)
-
-
-def _bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from eval.cli import add_bench_arguments
-
-    add_bench_arguments(parser)
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from eval.cli import run_bench_command
-
-    return run_bench_command(args)
+    return call
 
 
 COMMANDS: dict[str, Command] = {
@@ -209,12 +172,13 @@ COMMANDS: dict[str, Command] = {
         Command("push", "upload a saved model folder to the Hub", _push_arguments, _push),
         Command("run", "run a model on an image, video or prompt", _run_arguments, _run),
         Command("train", "train a model on a task (also under `accelerate launch -m zoo.cli train`)",
-                _train_arguments, _train),
+                _lazy("train.cli", "add_train_arguments"), _lazy("train.cli", "run_train")),
         Command("quickstart", "train smolvlm-tiny on shapes VQA on CPU and check it learned (a few minutes)",
-                _quickstart_arguments, _quickstart),
-        Command("eval", "evaluate a model on a dataset and write the metrics as JSON", _eval_arguments, _eval),
+                _lazy("train.cli", "add_quickstart_arguments"), _lazy("train.cli", "run_quickstart")),
+        Command("eval", "evaluate a model on a dataset and write the metrics as JSON",
+                _lazy("eval.cli", "add_eval_arguments"), _lazy("eval.cli", "run_eval_command")),
         Command("bench", "params, FLOPs, latency, throughput and memory, optionally against a reference "
-                "implementation", _bench_arguments, _bench),
+                "implementation", _lazy("eval.cli", "add_bench_arguments"), _lazy("eval.cli", "run_bench_command")),
     )
 }
 
