@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -103,6 +103,17 @@ class Converter:
     matches_keys: Callable[[Collection[str]], bool] | None = None
     config_file: str = "config.json"
     subfolder: str = ""
+
+
+def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """`state_dict` with every (regex pattern, replacement) rule applied, in order, to every key; tensors unchanged.
+    The key-renaming step of most converters."""
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    return renamed
 
 
 @dataclasses.dataclass

@@ -13,7 +13,6 @@ are and zoo's weights load into timm. The official release's checkpoints (`evalm
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Collection, Sequence
 from itertools import pairwise
 from typing import Any
@@ -24,7 +23,16 @@ from torch import Tensor, nn
 from ..config import ZooConfig
 from ..errors import ConfigError
 from ..modeling import ZooModel
-from ..registry import Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model
+from ..registry import (
+    Converter,
+    InputSpec,
+    ModelEntry,
+    PretrainedSource,
+    TensorSpec,
+    register_family,
+    register_model,
+    rename_keys,
+)
 from .features import take_indices
 
 
@@ -402,12 +410,7 @@ _ORIGINAL_RULES = [
 
 
 def _original_to_zoo(state_dict: dict[str, Tensor], config: LowFormerConfig) -> dict[str, Tensor]:
-    converted = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in _ORIGINAL_RULES:
-            key = re.sub(pattern, replacement, key)
-        converted[key] = value
-    return converted
+    return rename_keys(state_dict, _ORIGINAL_RULES)
 
 
 def _is_original(keys: Collection[str]) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Collection
 from functools import partial
 from typing import Any
@@ -37,7 +36,16 @@ from zoo.layers.modulation import ScaleShiftTable, gated_residual, modulate
 from zoo.layers.norm import LayerNorm, RMSNorm
 from zoo.layers.rotary import RotaryEmbedding
 from zoo.modeling import ZooModel
-from zoo.registry import Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model
+from zoo.registry import (
+    Converter,
+    InputSpec,
+    ModelEntry,
+    PretrainedSource,
+    TensorSpec,
+    register_family,
+    register_model,
+    rename_keys,
+)
 
 # ----------------------------------------------------------------------------------------------------
 # Config
@@ -273,16 +281,6 @@ def _grid_positions(grid: tuple[int, int, int], device: torch.device) -> torch.T
 # Converters
 
 
-def _rename(state_dict: dict[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """Apply every (pattern, replacement) rule, in order, to every key."""
-    renamed = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in rules:
-            key = re.sub(pattern, replacement, key)
-        renamed[key] = value
-    return renamed
-
-
 # Shared by both formats: patch embedding and per-block modulation.
 _COMMON_RULES = [
     (r"^patch_embedding\.", "patch_embedding.proj."),
@@ -336,11 +334,11 @@ _ORIGINAL_RULES = [(r"^model\.diffusion_model\.", "")] + _COMMON_RULES + [  # si
 def _diffusers_to_zoo(state_dict: dict[str, torch.Tensor], config: WanConfig) -> dict[str, torch.Tensor]:
     # Some I2V checkpoints carry an unused `norm_added_q`; diffusers skips it too.
     kept = {k: v for k, v in state_dict.items() if ".norm_added_q." not in k}
-    return _rename(kept, _DIFFUSERS_RULES)
+    return rename_keys(kept, _DIFFUSERS_RULES)
 
 
 def _original_to_zoo(state_dict: dict[str, torch.Tensor], config: WanConfig) -> dict[str, torch.Tensor]:
-    return _rename(state_dict, _ORIGINAL_RULES)
+    return rename_keys(state_dict, _ORIGINAL_RULES)
 
 
 def _diffusers_config(values: dict[str, Any]) -> WanConfig:

@@ -18,7 +18,6 @@ The pipeline (text encoder, VAE, scheduler) is in `zoo.diffusion.zimage_pipeline
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -44,6 +43,7 @@ from zoo.registry import (
     TensorSpec,
     register_family,
     register_model,
+    rename_keys,
 )
 
 SEQ_MULTIPLE = 32  # image and caption sequences are each padded to a multiple of this
@@ -372,12 +372,7 @@ _DIFFUSERS_RENAMES = [
 
 def _diffusers_to_zoo(state_dict: dict[str, torch.Tensor], config: ZImageConfig) -> dict[str, torch.Tensor]:
     """diffusers' (and the official release's) `ZImageTransformer2DModel` keys to ours; no tensor changes."""
-    converted = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in _DIFFUSERS_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        converted[key] = value
-    return converted
+    return rename_keys(state_dict, _DIFFUSERS_RENAMES)
 
 
 def _diffusers_config(values: dict[str, Any]) -> ZImageConfig:

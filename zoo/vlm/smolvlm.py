@@ -9,7 +9,6 @@ Both published formats (transformers `model_type` "idefics3" and "smolvlm") hold
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import torch
@@ -22,7 +21,16 @@ from zoo.config import ZooConfig
 from zoo.layers.attention import DynamicCache, StaticCache
 from zoo.layers.token_reduction import pixel_shuffle_tokens
 from zoo.modeling import ZooModel
-from zoo.registry import Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model
+from zoo.registry import (
+    Converter,
+    InputSpec,
+    ModelEntry,
+    PretrainedSource,
+    TensorSpec,
+    register_family,
+    register_model,
+    rename_keys,
+)
 
 
 @dataclasses.dataclass
@@ -132,11 +140,7 @@ _TRANSFORMERS_RENAMES = (
 
 
 def _from_transformers_state_dict(state_dict: dict[str, torch.Tensor], config: SmolVLMConfig) -> dict[str, torch.Tensor]:
-    converted = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in _TRANSFORMERS_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        converted[key] = value
+    converted = rename_keys(state_dict, _TRANSFORMERS_RENAMES)
     if config.tie_word_embeddings and "lm_head.weight" not in converted:
         converted["lm_head.weight"] = converted["text_model.embed_tokens.weight"]
     return converted
