@@ -12,6 +12,7 @@ from torch.testing import assert_close
 from torch.utils.flop_counter import FlopCounterMode
 
 import zoo
+from tests.backbones.norms import randomize_norms
 from tests.hub_server import populate_cache
 from zoo import hub
 from zoo.backbones.lowformer import VARIANTS, LowFormer, LowFormerConfig
@@ -27,23 +28,9 @@ def _timm_name(variant: str) -> str:
     return "lowformer_" + variant.replace(".", "")
 
 
-def _randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
-    """Non-trivial norm statistics and affines, so that a swapped or missed norm shows in the logits."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)):
-                module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
-    return model
-
-
 def _timm_model(variant: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
-    return _randomize_norms(timm.create_model(_timm_name(variant), **kwargs)).eval()
+    return randomize_norms(timm.create_model(_timm_name(variant), **kwargs)).eval()
 
 
 def _load(config: LowFormerConfig, state_dict: dict, converter: str) -> LowFormer:
@@ -205,7 +192,7 @@ def test_official_evalmodel_checkpoint_loads(tmp_path):
 def test_original_converter_inverts_the_official_layout(overrides, torchscript_head):
     reference = zoo.create("lowformer-tiny", **overrides)
     config = reference.config
-    state_dict = _randomize_norms(reference).state_dict()
+    state_dict = randomize_norms(reference).state_dict()
     original = _to_original(state_dict, config, torchscript_head)
     assert FAMILY.detect_converter(original.keys()).name == "original"
     model = _load(config, original, "original")

@@ -12,6 +12,7 @@ from torch.testing import assert_close
 
 import zoo
 from eval.references import import_wavemix_classification
+from tests.backbones.norms import randomize_norms
 from tests.hub_server import populate_cache
 from zoo import hub
 from zoo.backbones.wavemix import WaveMix, WaveMixConfig
@@ -26,18 +27,6 @@ def pip_wavemix():
     """The pip package, imported through the numpy 2 shim that `zoo bench --compare wavemix` uses too."""
     pytest.importorskip("pywt")
     return import_wavemix_classification(), importlib.import_module("wavemix.SemSegment")
-
-
-def _randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
-                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
-                module.weight.copy_(1 + 0.1 * torch.randn(module.num_features, generator=generator))
-                module.bias.copy_(0.1 * torch.randn(module.num_features, generator=generator))
-    return model.eval()
 
 
 def _pip_model(
@@ -98,7 +87,7 @@ SMALL_CASES = {
 @pytest.mark.parametrize("case", list(SMALL_CASES))
 def test_outputs_match_pip_package(pip_wavemix, case):
     pip_kwargs, zoo_kwargs, size = SMALL_CASES[case]
-    reference = _randomize_norms(_pip_model(pip_wavemix, dim=24, depth=2, num_classes=10, **pip_kwargs))
+    reference = randomize_norms(_pip_model(pip_wavemix, dim=24, depth=2, num_classes=10, **pip_kwargs)).eval()
     config = WaveMixConfig(dim=24, ff_dim=24, depth=2, num_classes=10, **zoo_kwargs)
     model = _load(config, reference.state_dict())
     x = _images(size)
@@ -154,7 +143,7 @@ FAST_PUBLISHED = ("wavemix-144-7-l1-cifar10", "wavemix-192-16-l3-cityscapes")
 )
 def test_published_configs_match_pip_package(pip_wavemix, name):
     pip_kwargs, _ = PUBLISHED[name]
-    reference = _randomize_norms(_pip_model(pip_wavemix, **pip_kwargs))
+    reference = randomize_norms(_pip_model(pip_wavemix, **pip_kwargs)).eval()
     config = get_entry(name).config
     model = _load(config, reference.state_dict())
     x = _images(max(32, config.reduction * 2**config.levels), batch=1)
@@ -163,7 +152,7 @@ def test_published_configs_match_pip_package(pip_wavemix, name):
 
 
 def test_published_weights_load_from_the_hub_cache(pip_wavemix, tmp_path, hf_cache, offline):
-    reference = _randomize_norms(_pip_model(pip_wavemix, **PUBLISHED["wavemix-144-7-l1-cifar10"][0]))
+    reference = randomize_norms(_pip_model(pip_wavemix, **PUBLISHED["wavemix-144-7-l1-cifar10"][0])).eval()
     release = tmp_path / "release"
     (release / "Saved_Models_Weights" / "cifar10").mkdir(parents=True)
     path = release / "Saved_Models_Weights" / "cifar10" / "cifar10_94.58.pth"
@@ -234,7 +223,7 @@ def test_features_head_and_feature_maps():
 
 
 def test_channels_last_trunk_on_cpu_agrees_with_the_plain_layout():
-    model = _randomize_norms(zoo.create("wavemix-tiny", levels=3))
+    model = randomize_norms(zoo.create("wavemix-tiny", levels=3)).eval()
     x = _images(32)
     with torch.no_grad():
         features = model.forward_features(x)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 
@@ -23,3 +25,25 @@ def take_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
     if wrong:
         raise ConfigError(f"Feature indices {wrong} are out of range for {count} feature maps (0..{count - 1}).")
     return sorted({i % count for i in indices})
+
+
+def run_stages(
+    x: Tensor,
+    stages: Sequence[nn.Module],
+    indices: int | Sequence[int] | None,
+    intermediates_only: bool,
+    output: Callable[[Tensor], Tensor] = lambda t: t,
+) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+    """The body of `forward_intermediates`: run `x` through `stages`, keeping `output(x)` after those in `indices`.
+
+    Returns the kept maps alone with `intermediates_only` (stopping after the last one asked for), otherwise
+    `(output of the last stage, maps)`.
+    """
+    wanted = take_indices(len(stages), indices)
+    last = wanted[-1] if intermediates_only else len(stages) - 1
+    maps = []
+    for index, stage in enumerate(stages[: last + 1]):
+        x = stage(x)
+        if index in wanted:
+            maps.append(output(x))
+    return maps if intermediates_only else (output(x), maps)

@@ -33,7 +33,7 @@ from ..registry import (
     register_model,
     rename_keys,
 )
-from .features import take_indices
+from .features import run_stages
 
 
 @dataclasses.dataclass
@@ -284,15 +284,7 @@ class LowFormer(ZooModel):
         `(forward_features output, maps)`.
         """
         self._check_input(pixel_values)
-        wanted = take_indices(len(self.stages), indices)
-        last = wanted[-1] if intermediates_only else len(self.stages) - 1
-        x = self.stem(pixel_values)
-        maps = []
-        for index, stage in enumerate(self.stages[: last + 1]):
-            x = stage(x)
-            if index in wanted:
-                maps.append(x)
-        return maps if intermediates_only else (x, maps)
+        return run_stages(self.stem(pixel_values), self.stages, indices, intermediates_only)
 
     def get_classifier(self) -> nn.Module:
         return self.classifier

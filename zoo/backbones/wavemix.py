@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..layers.wavelet import haar_dwt2d_concat
 from ..modeling import ZooModel
 from ..registry import Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model
-from .features import take_indices
+from .features import run_stages
 
 STEMS = ("patchify", "strided")
 
@@ -232,15 +232,8 @@ class WaveMix(ZooModel):
         `(forward_features output, maps)`.
         """
         self._check_input(pixel_values)
-        wanted = take_indices(len(self.blocks), indices)
-        last = wanted[-1] if intermediates_only else len(self.blocks) - 1
         x = self.stem(_channels_last_on_cpu(pixel_values))
-        maps = []
-        for index, block in enumerate(self.blocks[: last + 1]):
-            x = block(x)
-            if index in wanted:
-                maps.append(x.contiguous())
-        return maps if intermediates_only else (x.contiguous(), maps)
+        return run_stages(x, self.blocks, indices, intermediates_only, output=Tensor.contiguous)
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc

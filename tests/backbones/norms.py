@@ -1,0 +1,19 @@
+"""Test helper shared by the backbone parity tests."""
+
+from __future__ import annotations
+
+import torch
+
+
+def randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial norm statistics and affines, so that a swapped or missed norm shows in the outputs."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
+    return model
