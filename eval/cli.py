@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
+from zoo.cli import json_option
 from zoo.errors import ConfigError
 
 DEFAULT_BENCH_OUT = "runs/bench"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def _json_option(flag: str, value: str | None) -> dict[str, Any]:
-    if not value:
-        return {}
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{flag} takes a JSON mapping, got {value!r} ({error.msg})") from error
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"{flag} takes a JSON mapping, got {value!r}")
-    return parsed
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -112,7 +99,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     options = BenchOptions(
         model=args.model or "", compare=args.compare, device=device, dtype=args.dtype, batch=args.batch,
-        input=args.input, layers=args.layers, model_options=_json_option("--model-options", args.model_options),
+        input=args.input, layers=args.layers, model_options=json_option("--model-options", args.model_options),
         threads=args.threads, repeats=args.repeats, warmup=args.warmup, budget_s=args.budget,
         new_tokens=args.new_tokens, seed=args.seed, channels_last=args.channels_last, flops=not args.no_flops,
         memory=not args.no_memory,
@@ -197,9 +184,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
     options = EvalOptions(
         model=args.model, task=args.task, data=args.data, checkpoint=args.checkpoint, pretrained=args.pretrained,
         split=args.split, num_samples=args.num_samples, batch_size=args.batch_size, device=args.device,
-        seed=args.seed, crop_border=args.crop_border, data_options=_json_option("--data-options", args.data_options),
-        task_options=_json_option("--task-options", args.task_options),
-        model_options=_json_option("--model-options", args.model_options),
+        seed=args.seed, crop_border=args.crop_border, data_options=json_option("--data-options", args.data_options),
+        task_options=json_option("--task-options", args.task_options),
+        model_options=json_option("--model-options", args.model_options),
     )
     result = run_eval(options)
     print(format_result(result))

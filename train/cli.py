@@ -7,10 +7,10 @@ the flags given on the command line. Under `accelerate launch -m zoo.cli train .
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from zoo.cli import json_option
 from zoo.errors import ConfigError
 
 # flag -> (TrainConfig field, type, help); types: int, float, str, "bool" (store_true), "json" (a mapping)
@@ -73,12 +73,7 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is None:
             continue
-        if kind == "json":
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{flag} takes a JSON mapping, got {value!r} ({error.msg})") from error
-        values[field] = value
+        values[field] = json_option(flag, value) if kind == "json" else value
     for flag, (field, _) in _SWITCHES.items():
         if getattr(args, flag[2:].replace("-", "_")):
             if field == "ema":

@@ -8,8 +8,9 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .errors import ZooError
+from .errors import ConfigError, ZooError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +150,19 @@ def _run(args: argparse.Namespace) -> None:
     if family.runner is None:
         raise ZooError(f"`zoo run` does not support the '{family.name}' family yet.")
     family.runner(args.name, args)
+
+
+def json_option(flag: str, value: str | None) -> dict[str, Any]:
+    """The JSON mapping given to an option such as --model-options ({} when absent), or a ConfigError naming it."""
+    if value is None:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{flag} takes a JSON mapping, got {value!r} ({error.msg})") from error
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{flag} takes a JSON mapping, got {value!r}")
+    return parsed
 
 
 def _lazy(module: str, function: str) -> Callable:
