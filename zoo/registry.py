@@ -105,9 +105,11 @@ class Converter:
     subfolder: str = ""
 
 
-def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+def rename_keys(
+    state_dict: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str | Callable[[re.Match], str]]]
+) -> dict[str, torch.Tensor]:
     """`state_dict` with every (regex pattern, replacement) rule applied, in order, to every key; tensors unchanged.
-    The key-renaming step of most converters."""
+    The key-renaming step of most converters; a replacement is anything `re.sub` takes."""
     renamed = {}
     for key, value in state_dict.items():
         for pattern, replacement in rules:

@@ -23,7 +23,16 @@ from ..config import ZooConfig
 from ..errors import ConfigError
 from ..layers.wavelet import haar_dwt2d_concat
 from ..modeling import ZooModel
-from ..registry import Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model
+from ..registry import (
+    Converter,
+    InputSpec,
+    ModelEntry,
+    PretrainedSource,
+    TensorSpec,
+    register_family,
+    register_model,
+    rename_keys,
+)
 from .features import run_stages
 
 STEMS = ("patchify", "strided")
@@ -252,22 +261,20 @@ class WaveMix(ZooModel):
 _LEVEL_MLP_NAMES = {"0": "fc1", "3": "fc2", "4": "upsample", "5": "norm"}  # positions in their nn.Sequential
 
 
-def _original_key(key: str) -> str:
-    key = re.sub(r"^conv\.", "stem.", key)
-    key = re.sub(r"^layers\.(\d+)\.reduction\.", r"blocks.\1.reduce.", key)
+_ORIGINAL_RULES = [
+    (r"^conv\.", "stem."),
+    (r"^layers\.(\d+)\.reduction\.", r"blocks.\1.reduce."),
     # feedforward1 is the finest level's MLP; one-level blocks call theirs just feedforward.
-    key = re.sub(
-        r"^layers\.(\d+)\.feedforward(\d?)\.(\d)\.",
-        lambda m: f"blocks.{m[1]}.levels.{int(m[2] or 1) - 1}.{_LEVEL_MLP_NAMES[m[3]]}.",
-        key,
-    )
+    (r"^layers\.(\d+)\.feedforward(\d?)\.(\d)\.",
+     lambda m: f"blocks.{m[1]}.levels.{int(m[2] or 1) - 1}.{_LEVEL_MLP_NAMES[m[3]]}."),
     # The classifier is `pool.2`; segmentation heads are `pool` (Cityscapes) or `expand` (SemSegment).
-    key = re.sub(r"^(pool|expand)\.2\.", "head.fc.", key)
-    return re.sub(r"^(pool|expand)\.([01])\.", r"head.upsample.\2.", key)
+    (r"^(pool|expand)\.2\.", "head.fc."),
+    (r"^(pool|expand)\.([01])\.", r"head.upsample.\2."),
+]
 
 
 def _original_to_zoo(state_dict: dict[str, Tensor], config: WaveMixConfig) -> dict[str, Tensor]:
-    return {_original_key(key): value for key, value in state_dict.items()}
+    return rename_keys(state_dict, _ORIGINAL_RULES)
 
 
 def _is_original(keys: Collection[str]) -> bool:
