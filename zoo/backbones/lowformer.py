@@ -24,14 +24,7 @@ from ..config import ZooConfig
 from ..errors import ConfigError
 from ..modeling import ZooModel
 from ..registry import (
-    Converter,
-    InputSpec,
-    ModelEntry,
-    PretrainedSource,
-    TensorSpec,
-    register_family,
-    register_model,
-    rename_keys,
+    Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model, rename_keys,
 )
 from .features import run_stages
 

@@ -24,14 +24,7 @@ from ..errors import ConfigError
 from ..layers.wavelet import haar_dwt2d_concat
 from ..modeling import ZooModel
 from ..registry import (
-    Converter,
-    InputSpec,
-    ModelEntry,
-    PretrainedSource,
-    TensorSpec,
-    register_family,
-    register_model,
-    rename_keys,
+    Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model, rename_keys,
 )
 from .features import run_stages
 

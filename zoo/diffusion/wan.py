@@ -37,14 +37,7 @@ from zoo.layers.norm import LayerNorm, RMSNorm
 from zoo.layers.rotary import RotaryEmbedding
 from zoo.modeling import ZooModel
 from zoo.registry import (
-    Converter,
-    InputSpec,
-    ModelEntry,
-    PretrainedSource,
-    TensorSpec,
-    register_family,
-    register_model,
-    rename_keys,
+    Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model, rename_keys,
 )
 
 # ----------------------------------------------------------------------------------------------------

@@ -22,14 +22,7 @@ from zoo.layers.attention import DynamicCache, StaticCache
 from zoo.layers.token_reduction import pixel_shuffle_tokens
 from zoo.modeling import ZooModel
 from zoo.registry import (
-    Converter,
-    InputSpec,
-    ModelEntry,
-    PretrainedSource,
-    TensorSpec,
-    register_family,
-    register_model,
-    rename_keys,
+    Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model, rename_keys,
 )
 
 
