@@ -379,6 +379,46 @@ def test_decoding_with_cache_equals_full_recompute(cache_type, window):
     assert_close(decoded[valid], full[valid], rtol=1e-5, atol=1e-5)
 
 
+def test_static_cache_with_write_position_decodes_like_the_prefix_mode():
+    """The fixed-shape mode of compiled decoding: whole buffers returned, unwritten positions masked out."""
+    torch.manual_seed(0)
+    layers = [_randomized(Attention(32, 4, 2, qk_norm="rms")) for _ in range(2)]
+    rotary = RotaryEmbedding(8, theta=100.0)
+    x = torch.randn(2, 7, 32)
+    attention_mask = torch.ones(2, 7, dtype=torch.long)
+    attention_mask[0, :2] = 0
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    def run(tokens, positions, mask, cache):
+        for idx, layer in enumerate(layers):
+            tokens = tokens + layer(tokens, attn_mask=padding_mask(mask), is_causal=True, rotary=rotary(positions),
+                                    cache=cache, layer_idx=idx)
+        return tokens
+
+    prefix, fixed = StaticCache(max_length=12), StaticCache(max_length=12)
+    expected = [run(x[:, :3], position_ids[:, :3], attention_mask[:, :3], prefix)]
+    decoded = [run(x[:, :3], position_ids[:, :3], attention_mask[:, :3], fixed)]
+    fixed.write_position = torch.tensor([3])
+    key_mask = torch.cat([attention_mask[:, :3], torch.zeros(2, 9, dtype=torch.long)], dim=1)
+    for t in range(3, 7):
+        expected.append(run(x[:, t:t + 1], position_ids[:, t:t + 1], attention_mask[:, :t + 1], prefix))
+        key_mask[:, t] = 1
+        keys_before = fixed.keys[0].data_ptr()
+        decoded.append(run(x[:, t:t + 1], position_ids[:, t:t + 1], key_mask, fixed))
+        assert fixed.keys[0].data_ptr() == keys_before and fixed.key_length(1) == 12
+        fixed.write_position += 1
+    assert fixed.get_seq_length() == 7
+    valid = attention_mask.bool()
+    assert_close(torch.cat(decoded, 1)[valid], torch.cat(expected, 1)[valid], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one new position per update"):
+        fixed.update(x.new_zeros(2, 2, 2, 8), x.new_zeros(2, 2, 2, 8), layer_idx=0)
+    with pytest.raises(ValueError, match="filled before"):
+        fixed.update(x.new_zeros(2, 2, 1, 8), x.new_zeros(2, 2, 1, 8), layer_idx=5)
+    window = Attention(32, 4, 2, sliding_window=3)
+    with pytest.raises(ValueError, match="sliding-window"):
+        window(x[:, :1], is_causal=True, cache=fixed, layer_idx=0)
+
+
 def test_static_cache_writes_in_place_and_checks_capacity():
     cache = StaticCache(max_length=4)
     k = torch.randn(1, 2, 3, 8)

@@ -103,6 +103,20 @@ def test_greedy_generation_matches_transformers(cache, tmp_path):
     assert torch.equal(generated, expected)
 
 
+def test_compiled_decoding_matches_transformers_and_compiles_once(tmp_path):
+    reference = _reference("smolvlm")
+    reference.save_pretrained(tmp_path)
+    model = zoo.from_pretrained(tmp_path)
+    inputs = _batch()
+    expected = reference.generate(**inputs, max_new_tokens=24, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(**inputs, max_new_tokens=24, cache="static", compile=True), expected)
+    fewer = inputs["input_ids"].shape[1] + 10
+    with torch.compiler.set_stance("fail_on_recompile"):  # the same cache size reuses the compiled step
+        assert torch.equal(model.generate(**inputs, max_new_tokens=10, cache="static", compile=True), expected[:, :fewer])
+    with pytest.raises(ValueError, match="compile=True needs cache='static'"):
+        model.generate(**inputs, max_new_tokens=2, compile=True)
+
+
 def test_stop_tokens_and_sampling_are_seeded(tmp_path):
     model = zoo.create("smolvlm-tiny").eval()
     inputs = zoo.registry.get_entry("smolvlm-tiny").default_input.make(model.config, 2, torch.Generator().manual_seed(0))

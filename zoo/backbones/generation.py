@@ -8,7 +8,9 @@ real tokens, so left-padded rows start at 0.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -58,6 +60,7 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int = 0,
     cache: str = "dynamic",
+    compile: bool = False,
     generator: torch.Generator | None = None,
     **prefill_inputs: Any,
 ) -> torch.Tensor:
@@ -65,17 +68,25 @@ def generate(
 
     attention_mask: (B, L), 0 on left padding. eos_token_id: one or several stop tokens; a finished row
     is filled with `pad_token_id` until every row has finished. cache: "dynamic" (grows by concatenation)
-    or "static" (pre-allocated for L + max_new_tokens positions: no allocation per token, fastest on CPU).
+    or "static" (pre-allocated for L + max_new_tokens positions: no allocation per token).
+    compile: run each decoding step through `torch.compile` (needs cache="static"): the steps then have
+    one fixed shape, attending over the whole cache with unwritten positions masked. The first call
+    compiles for a minute or more on CPU; later calls with a cache of the same size reuse it.
     """
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be (B, L), got {tuple(input_ids.shape)}")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if compile and cache != "static":
+        raise ValueError(f"compile=True needs cache='static', got cache={cache!r}")
     batch_size, length = input_ids.shape
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if cache == "static":
-        kv_cache: DynamicCache | StaticCache = StaticCache(length + max_new_tokens)
+        max_length = length + max_new_tokens
+        if compile:  # a few cache sizes, so that calls with similar lengths share one compiled step
+            max_length = math.ceil(max_length / COMPILED_CACHE_MULTIPLE) * COMPILED_CACHE_MULTIPLE
+        kv_cache: DynamicCache | StaticCache = StaticCache(max_length)
     elif cache == "dynamic":
         kv_cache = DynamicCache()
     else:
@@ -87,6 +98,11 @@ def generate(
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
     logits = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=kv_cache,
                    logits_to_keep=1, **prefill_inputs)[:, -1]
+    decode_step = _decode_step
+    if compile:
+        decode_step = _compiled_decode_step()
+        kv_cache.write_position = torch.tensor([length], device=input_ids.device)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_zeros(batch_size, max_length - length)], 1)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=input_ids.device)
     new_tokens = []
     for step in range(max_new_tokens):
@@ -96,8 +112,26 @@ def generate(
         finished |= torch.isin(token, stop)
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, 1)], dim=1)
+        if compile:
+            attention_mask.index_fill_(1, kv_cache.write_position, 1)
+        else:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, 1)], dim=1)
         position_ids = position_ids[:, -1:] + 1
-        logits = model(token[:, None], attention_mask=attention_mask, position_ids=position_ids, cache=kv_cache,
-                       logits_to_keep=1)[:, -1]
+        logits = decode_step(model, token[:, None], attention_mask, position_ids, kv_cache)
+        if compile:
+            kv_cache.write_position += 1
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+
+
+COMPILED_CACHE_MULTIPLE = 256
+
+
+def _decode_step(model: nn.Module, token: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 cache: DynamicCache | StaticCache) -> torch.Tensor:
+    """Logits (B, vocab) after one new token (B, 1) per row."""
+    return model(token, attention_mask=attention_mask, position_ids=position_ids, cache=cache, logits_to_keep=1)[:, -1]
+
+
+@functools.cache
+def _compiled_decode_step() -> Callable[..., torch.Tensor]:
+    return torch.compile(_decode_step, fullgraph=True, dynamic=False)

@@ -125,24 +125,27 @@ class LlamaModel(nn.Module):
     ) -> torch.Tensor:
         """Either `input_ids` (B, L) or `inputs_embeds` (B, L, hidden_size).
 
-        attention_mask: (B, past + L) of 1 (token) and 0 (padding), covering the cached positions too;
-            None means no padding. position_ids: (B, L); defaults to past + arange(L).
+        attention_mask: (B, past + L) of 1 (token) and 0 (padding), covering the cached positions too
+            (all max_length positions for a static cache with write_position set); None means no padding. position_ids: (B, L); defaults to past + arange(L).
         cache: a KV cache holding the past positions, updated in place.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids (B, L) and inputs_embeds (B, L, hidden_size)")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         batch_size, length = x.shape[:2]
-        past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(past, past + length, device=x.device).expand(batch_size, length)
-        if attention_mask is not None and attention_mask.shape != (batch_size, past + length):
+        keys = cache.key_length(length) if cache is not None else length
+        if attention_mask is not None and attention_mask.shape != (batch_size, keys):
             raise ValueError(
-                f"attention_mask must have shape (B, past + L) = {(batch_size, past + length)}, "
-                f"got {tuple(attention_mask.shape)}"
+                f"attention_mask must have shape (B, keys) = {(batch_size, keys)}, where keys counts the cached "
+                f"positions too, got {tuple(attention_mask.shape)}"
             )
-        # All-ones masks are dropped so attention takes its unmasked (fastest) path.
-        attn_mask = None if attention_mask is None or bool(attention_mask.all()) else padding_mask(attention_mask)
+        # All-ones masks are dropped so attention takes its unmasked (fastest) path; under torch.compile the
+        # check would break the graph, so the mask is kept.
+        all_ones = attention_mask is None or (not torch.compiler.is_compiling() and bool(attention_mask.all()))
+        attn_mask = None if all_ones else padding_mask(attention_mask)
         rotary = self.rotary(position_ids)
         for index, layer in enumerate(self.layers):
             x = layer(x, rotary, attn_mask, cache, index)

@@ -108,9 +108,14 @@ def _flash_attn() -> ModuleType | None:
     return flash_attn
 
 
+@torch.compiler.assume_constant_result  # torch.compile cannot trace the import
+def _flash_attn_installed() -> bool:
+    return _flash_attn() is not None
+
+
 def _flash_unsupported(q: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None) -> str | None:
     """Why flash-attn cannot run these inputs, or None if it can."""
-    if _flash_attn() is None:
+    if not _flash_attn_installed():
         return "flash-attn is not installed"
     if not q.is_cuda:
         return f"flash-attn needs CUDA tensors, got {q.device}"
@@ -301,12 +306,21 @@ class DynamicCache:
         """The number of cached positions of a layer."""
         return self.keys[layer_idx].shape[-2] if layer_idx in self.keys else 0
 
+    def key_length(self, new_tokens: int) -> int:
+        """The number of keys attention sees once `new_tokens` more positions are written."""
+        return self.get_seq_length() + new_tokens
+
 
 class StaticCache:
     """Keys and values in buffers of max_length positions, allocated once per layer at its first update.
 
     Each update writes in place after the positions already cached and returns a view of the filled
     prefix, so decoding token by token allocates no new cache memory.
+
+    For compiled decoding, set `write_position` to a (1,) long tensor: every update then writes its one
+    new position there and returns the whole buffers, so each step has the same shapes and no Python
+    number changes between steps (the caller advances `write_position` in place). Attention masks must
+    then cover all max_length positions, with 0 where nothing is written yet.
     """
 
     def __init__(self, max_length: int):
@@ -314,9 +328,20 @@ class StaticCache:
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         self.lengths: dict[int, int] = {}
+        self.write_position: torch.Tensor | None = None
 
     def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, Hkv, L, D) after the layer's cached positions; return the filled (B, Hkv, :end, D)."""
+        """Write k, v (B, Hkv, L, D) after the layer's cached positions; return the filled (B, Hkv, :end, D),
+        or with `write_position` set, write the one position there and return the whole buffers."""
+        if self.write_position is not None:
+            if layer_idx not in self.keys or k.shape[-2] != 1:
+                raise ValueError(
+                    "a static cache with write_position set takes one new position per update into buffers "
+                    f"filled before (by a prefill), got k of shape {tuple(k.shape)} for layer {layer_idx}"
+                )
+            self.keys[layer_idx].index_copy_(2, self.write_position, k)
+            self.values[layer_idx].index_copy_(2, self.write_position, v)
+            return self.keys[layer_idx], self.values[layer_idx]
         if layer_idx not in self.keys:
             self.keys[layer_idx] = k.new_zeros(*k.shape[:2], self.max_length, k.shape[3])
             self.values[layer_idx] = v.new_zeros(*v.shape[:2], self.max_length, v.shape[3])
@@ -335,8 +360,14 @@ class StaticCache:
         return keys[:, :, :end], values[:, :, :end]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        """The number of cached positions of a layer."""
+        """The number of cached positions of a layer (with `write_position` set: the positions before it)."""
+        if self.write_position is not None:
+            return int(self.write_position)
         return self.lengths.get(layer_idx, 0)
+
+    def key_length(self, new_tokens: int) -> int:
+        """The number of keys attention sees once `new_tokens` more positions are written."""
+        return self.max_length if self.write_position is not None else self.get_seq_length() + new_tokens
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -413,6 +444,9 @@ class Attention(nn.Module):
             raise ValueError("rotary positions and the KV cache apply to self-attention, but a context was given")
         if cache is not None and layer_idx is None:
             raise ValueError("a KV cache needs the layer_idx of this attention layer")
+        if self.sliding_window is not None and getattr(cache, "write_position", None) is not None:
+            raise ValueError("sliding-window attention cannot decode into a static cache with write_position set "
+                             "(its window is counted from the last key); decode without compile")
         kv_input = x if context is None else context
 
         q = self.q_norm(self.q_proj(x))
