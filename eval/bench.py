@@ -80,6 +80,7 @@ class BenchOptions:
     new_tokens: int = 32
     seed: int = 0
     channels_last: bool = False
+    compile: bool = False
     flops: bool = True
     memory: bool = True
 
@@ -138,11 +139,13 @@ class Implementation:
     generate: Callable[[int], torch.Tensor] | None = None
 
 
-def zoo_implementation(model: nn.Module, task: str, inputs: dict[str, Any], new_tokens: int) -> Implementation:
+def zoo_implementation(model: nn.Module, task: str, inputs: dict[str, Any], new_tokens: int,
+                       compile: bool = False) -> Implementation:
+    """compile: decode through `generate(compile=True)` (generative models only)."""
     forward = lambda: model(**inputs)
     if task in GENERATIVE_TASKS and hasattr(model, "generate"):
         def generate(n: int) -> torch.Tensor:
-            return model.generate(**inputs, max_new_tokens=n, cache="static")
+            return model.generate(**inputs, max_new_tokens=n, cache="static", compile=compile)
 
         return Implementation("zoo", model, _generation_calls(generate, new_tokens), forward, generate)
     return Implementation("zoo", model, {MAIN_PHASE.get(task, "forward"): forward}, forward)
@@ -187,9 +190,10 @@ def max_abs(a: Any) -> float:
 
 
 def count_call_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call; torch.compile'd code runs eagerly meanwhile (the counter cannot see into it)."""
     from zoo.layers.flops import count_flops
 
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
         return int(count_flops(fn))
 
 
@@ -283,7 +287,13 @@ def _run_bench(options: BenchOptions, log: Callable[[str], None]) -> dict[str, A
     torch.manual_seed(options.seed)
     model, reference_model = _build(entry, config, reference)
     model = _place(model, device, dtype, options.channels_last)
-    implementations = [zoo_implementation(model, entry.task, inputs, options.new_tokens)]
+    if options.compile and entry.task not in GENERATIVE_TASKS:
+        raise ConfigError(f"--compile applies to the decoding of generative models; {entry.name} is a {entry.task} model")
+    implementations = [zoo_implementation(model, entry.task, inputs, options.new_tokens, options.compile)]
+    if options.compile:
+        log("zoo bench: compiling zoo's decoding step (not timed)")
+        with torch.inference_mode():
+            implementations[0].generate(2)
     if reference is not None:
         reference_model = _place(reference_model, device, dtype, options.channels_last)
         implementations.append(reference_implementation(reference, reference_model, entry.task, inputs,
@@ -301,6 +311,7 @@ def _run_bench(options: BenchOptions, log: Callable[[str], None]) -> dict[str, A
         "device": device,
         "dtype": options.dtype,
         "channels_last": options.channels_last,
+        "compile": options.compile,
         "new_tokens": options.new_tokens if entry.task in GENERATIVE_TASKS else None,
         "machine": machine_info(device),
         "reference": None,

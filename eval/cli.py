@@ -48,6 +48,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens to generate for TPOT (default 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--channels-last", action="store_true", help="4-D weights and inputs in channels-last layout")
+    parser.add_argument("--compile", action="store_true",
+                        help="zoo decodes with generate(compile=True): a torch.compile'd step, compiled before timing")
     parser.add_argument("--all", action="store_true", help="every registered model (with --tiny: the *-tiny ones)")
     parser.add_argument("--tiny", action="store_true", help="with --all: only each family's *-tiny model")
     parser.add_argument("--out", default=None, help=f"folder for the JSON, CSV and plots (default {DEFAULT_BENCH_OUT})")
@@ -101,7 +103,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
         model=args.model or "", compare=args.compare, device=device, dtype=args.dtype, batch=args.batch,
         input=args.input, layers=args.layers, model_options=json_option("--model-options", args.model_options),
         threads=args.threads, repeats=args.repeats, warmup=args.warmup, budget_s=args.budget,
-        new_tokens=args.new_tokens, seed=args.seed, channels_last=args.channels_last, flops=not args.no_flops,
+        new_tokens=args.new_tokens, seed=args.seed, channels_last=args.channels_last, compile=args.compile,
+        flops=not args.no_flops,
         memory=not args.no_memory,
     )
     if args.model:

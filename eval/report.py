@@ -139,7 +139,8 @@ def run_id(records: Sequence[dict[str, Any]], all_models: bool = False) -> str:
     else:
         head = first["model"] + (f"--{first['reference']['name']}" if first.get("reference") else "")
     layers = first["config_overrides"].get("layers")
-    return f"{head}{f'-L{layers}' if layers else ''}-{first['device']}-{first['dtype']}-b{first['batch']}"
+    compiled = "-compiled" if first.get("compile") else ""
+    return f"{head}{f'-L{layers}' if layers else ''}{compiled}-{first['device']}-{first['dtype']}-b{first['batch']}"
 
 
 def write_results(records: Sequence[dict[str, Any]], out_dir: str | Path, name: str,
@@ -276,6 +277,8 @@ def readme_table(records: Sequence[dict[str, Any]]) -> str:
         setting = f"{record['device']} {record['dtype']}, batch {record['batch']}, {record['machine']['threads']} thr"
         if record["config_overrides"].get("layers"):
             setting += f", {record['config_overrides']['layers']} layers"
+        if record.get("compile"):
+            setting += ", zoo decode compiled"
         zoo = record["implementations"]["zoo"]
         for phase, ratio in record["ratios"].items():
             ours = zoo["phases"][phase]["wall_p50"]

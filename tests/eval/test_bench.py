@@ -75,6 +75,16 @@ def test_generative_and_diffusion_phases():
     assert "s_per_step" in wan["implementations"]["zoo"]["headline"]
 
 
+def test_compiled_decoding_is_benchmarked_and_labelled():
+    record = quick("smolvlm-tiny", compare="transformers", new_tokens=4, compile=True, memory=False)
+    assert record["compile"] and record["reference"]["same_greedy_tokens"]
+    zoo = record["implementations"]["zoo"]
+    assert zoo["flops"]["ttft"] > zoo["flops"]["tpot"] > 0  # counted eagerly: the counter cannot see compiled code
+    assert "zoo decode compiled" in readme_table([record])
+    with pytest.raises(ConfigError, match="--compile applies to the decoding of generative models"):
+        quick("lowformer-tiny", compile=True)
+
+
 # ---------------------------------------------------------------------------------------------------
 # --compare
 
