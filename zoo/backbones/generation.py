@@ -18,6 +18,10 @@ from torch import nn
 
 from zoo.layers.attention import DynamicCache, StaticCache
 
+# With compile=True the static cache is rounded up to a multiple of this many positions, so that calls with
+# similar lengths share one compiled decoding step.
+COMPILED_CACHE_MULTIPLE = 256
+
 
 def select_next_token(
     logits: torch.Tensor,
@@ -84,7 +88,7 @@ def generate(
         attention_mask = torch.ones_like(input_ids)
     if cache == "static":
         max_length = length + max_new_tokens
-        if compile:  # a few cache sizes, so that calls with similar lengths share one compiled step
+        if compile:
             max_length = math.ceil(max_length / COMPILED_CACHE_MULTIPLE) * COMPILED_CACHE_MULTIPLE
         kv_cache: DynamicCache | StaticCache = StaticCache(max_length)
     elif cache == "dynamic":
@@ -121,9 +125,6 @@ def generate(
         if compile:
             kv_cache.write_position += 1
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
-
-
-COMPILED_CACHE_MULTIPLE = 256
 
 
 def _decode_step(model: nn.Module, token: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,

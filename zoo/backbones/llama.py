@@ -126,7 +126,8 @@ class LlamaModel(nn.Module):
         """Either `input_ids` (B, L) or `inputs_embeds` (B, L, hidden_size).
 
         attention_mask: (B, past + L) of 1 (token) and 0 (padding), covering the cached positions too
-            (all max_length positions for a static cache with write_position set); None means no padding. position_ids: (B, L); defaults to past + arange(L).
+            (all max_length positions for a static cache with write_position set); None means no padding.
+        position_ids: (B, L); defaults to past + arange(L).
         cache: a KV cache holding the past positions, updated in place.
         """
         if (input_ids is None) == (inputs_embeds is None):
