@@ -74,14 +74,9 @@ def load_dataset(
     image_size = options.get("image_size")
     if name.startswith("hf:"):
         source = name[3:]
-        if split == "eval":
-            if ":" in source:
-                return None
-            try:
-                return _first_eval_split(lambda s: HFDataset(source, kind, s, image_size, options.get("columns")))
-            except InputError:
-                return None
-        return HFDataset(source, kind, split, image_size, options.get("columns"))
+        if split == "eval" and ":" in source:
+            return None  # NAME:SPLIT names the one split to read
+        return _hf_dataset(source, kind, split, image_size, options.get("columns"))
     path = Path(name).expanduser()
     if not path.exists():
         hint = closest(name, EMBEDDED)
@@ -91,14 +86,9 @@ def load_dataset(
             f"Embedded: {describe_embedded()}. Or give an image folder, a .jsonl file, or hf:NAME."
         )
     if path.is_dir() and _is_saved_hf_dataset(path):
-        if split == "eval":
-            if not (path / "dataset_dict.json").is_file():
-                return None  # a single saved split: no eval split
-            try:
-                return _first_eval_split(lambda s: HFDataset(str(path), kind, s, image_size, options.get("columns")))
-            except InputError:
-                return None
-        return HFDataset(str(path), kind, split, image_size, options.get("columns"))
+        if split == "eval" and not (path / "dataset_dict.json").is_file():
+            return None  # a single saved split: no eval split
+        return _hf_dataset(str(path), kind, split, image_size, options.get("columns"))
     if path.is_dir():
         if kind != "classification":
             raise InputError(
@@ -144,14 +134,16 @@ def _is_saved_hf_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
-def _first_eval_split(load):
-    last_error = None
-    for split in EVAL_SPLITS:
+def _hf_dataset(source: str, kind: str, split: str, image_size: int | None, columns: dict | None) -> HFDataset | None:
+    """The `split` of a Hugging Face dataset; for "eval", its first split named in EVAL_SPLITS, or None."""
+    if split != "eval":
+        return HFDataset(source, kind, split, image_size, columns)
+    for name in EVAL_SPLITS:
         try:
-            return load(split)
-        except InputError as error:
-            last_error = error
-    raise last_error
+            return HFDataset(source, kind, name, image_size, columns)
+        except InputError:
+            continue
+    return None
 
 
 __all__ = [

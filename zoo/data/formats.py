@@ -43,10 +43,7 @@ def read_image(path: str | Path, image_size: int | None = None) -> torch.Tensor:
         raise InputError(f"Image file not found: {path}")
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            if image_size is not None and image.size != (image_size, image_size):
-                image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
-            return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+            return to_image_tensor(ImageOps.exif_transpose(image), image_size)
     except (UnidentifiedImageError, OSError) as error:
         raise InputError(f"Cannot read image {path}: {error}") from error
 
