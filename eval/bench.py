@@ -273,6 +273,8 @@ def _run_bench(options: BenchOptions, log: Callable[[str], None]) -> dict[str, A
     dtype = resolve_dtype(options.dtype)
     if options.batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {options.batch}")
+    if options.compile and entry.task not in GENERATIVE_TASKS:
+        raise ConfigError(f"--compile applies to the decoding of generative models; {entry.name} is a {entry.task} model")
     if options.threads:
         torch.set_num_threads(options.threads)
     reference = None
@@ -287,8 +289,6 @@ def _run_bench(options: BenchOptions, log: Callable[[str], None]) -> dict[str, A
     torch.manual_seed(options.seed)
     model, reference_model = _build(entry, config, reference)
     model = _place(model, device, dtype, options.channels_last)
-    if options.compile and entry.task not in GENERATIVE_TASKS:
-        raise ConfigError(f"--compile applies to the decoding of generative models; {entry.name} is a {entry.task} model")
     implementations = [zoo_implementation(model, entry.task, inputs, options.new_tokens, options.compile)]
     if options.compile:
         log("zoo bench: compiling zoo's decoding step (not timed)")
@@ -341,8 +341,9 @@ def _run_bench(options: BenchOptions, log: Callable[[str], None]) -> dict[str, A
                         "energy": "NVML total energy counter" if energy is not None else None}
 
     record["implementations"] = {}
+    phase_samples: dict[str, dict[str, Samples]] = {}
     for impl in implementations:
-        phases = {phase: samples[f"{impl.name}/{phase}"] for phase in impl.calls}
+        phases = phase_samples[impl.name] = {phase: samples[f"{impl.name}/{phase}"] for phase in impl.calls}
         if "generate" in phases:
             phases["tpot"] = _per_token(phases["generate"], phases["ttft"], options.new_tokens)
         result: dict[str, Any] = {"phases": {phase: s.summary() for phase, s in phases.items()}}
@@ -355,11 +356,8 @@ def _run_bench(options: BenchOptions, log: Callable[[str], None]) -> dict[str, A
         result["headline"] = headline(entry.task, result, options.batch)
         record["implementations"][impl.name] = result
     if reference is not None:
-        record["ratios"] = {
-            phase: ratios(_samples_of(record, samples, reference.name, phase, options.new_tokens),
-                          _samples_of(record, samples, "zoo", phase, options.new_tokens))
-            for phase in record["implementations"]["zoo"]["phases"]
-        }
+        record["ratios"] = {phase: ratios(phase_samples[reference.name][phase], ours)
+                            for phase, ours in phase_samples["zoo"].items()}
     record["machine"]["load_average_end"] = machine_info(device)["load_average"]
     return record
 
@@ -381,12 +379,6 @@ def _per_token(generate: Samples, first: Samples, new_tokens: int) -> Samples:
     for g, f in zip(generate.cpu, first.cpu):
         per_token.cpu.append(max(g - f, 0.0) / (new_tokens - 1))
     return per_token
-
-
-def _samples_of(record: dict, samples: dict[str, Samples], name: str, phase: str, new_tokens: int) -> Samples:
-    if phase == "tpot":
-        return _per_token(samples[f"{name}/generate"], samples[f"{name}/ttft"], new_tokens)
-    return samples[f"{name}/{phase}"]
 
 
 def headline(task: str, result: dict[str, Any], batch: int) -> dict[str, Any]:
