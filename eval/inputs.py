@@ -201,14 +201,13 @@ def to_device(value: Any, device: str | torch.device, dtype: torch.dtype | None 
               channels_last: bool = False) -> Any:
     """Tensors (nested in dicts, lists and tuples) moved to `device`; floating ones also cast to `dtype`, and 4-D
     ones laid out channels-last when asked."""
-    if isinstance(value, torch.Tensor):
-        value = value.to(device, dtype if dtype is not None and value.is_floating_point() else None)
-        return value.contiguous(memory_format=torch.channels_last) if channels_last and value.ndim == 4 else value
-    if isinstance(value, dict):
-        return {k: to_device(v, device, dtype, channels_last) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(to_device(v, device, dtype, channels_last) for v in value)
-    return value
+    from accelerate.utils import recursively_apply
+
+    def place(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(device, dtype if dtype is not None and tensor.is_floating_point() else None)
+        return tensor.contiguous(memory_format=torch.channels_last) if channels_last and tensor.ndim == 4 else tensor
+
+    return recursively_apply(place, value)
 
 
 __all__ = ["ADAPTERS", "BenchInput", "InputAdapter", "make_inputs", "parse_input", "register_input_adapter", "to_device"]

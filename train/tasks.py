@@ -223,15 +223,10 @@ class Task:
 
 
 def to_device(batch: Any, device: Any) -> Any:
-    if device is None:
-        return batch
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {key: to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(value, device) for value in batch)
-    return batch
+    """The tensors of a batch (nested in dicts, lists and tuples) on `device`; None leaves the batch as it is."""
+    from accelerate.utils import send_to_device
+
+    return batch if device is None else send_to_device(batch, device, non_blocking=True)
 
 
 def _sample_ids(samples: list[dict[str, Any]]) -> torch.Tensor:
