@@ -274,7 +274,8 @@ def _run_bench(options: BenchOptions, log: Callable[[str], None]) -> dict[str, A
     if options.batch < 1:
         raise ConfigError(f"--batch must be at least 1, got {options.batch}")
     if options.compile and entry.task not in GENERATIVE_TASKS:
-        raise ConfigError(f"--compile applies to the decoding of generative models; {entry.name} is a {entry.task} model")
+        raise ConfigError(f"--compile applies to the decoding of generative models; {entry.name} is a "
+                          f"{entry.task} model")
     if options.threads:
         torch.set_num_threads(options.threads)
     reference = None

@@ -26,7 +26,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,11 @@ _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
 def checkpoint_path(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / f"{PREFIX}{step}"
+
+
+def temporary_path(output_dir: str | Path, step: int) -> Path:
+    """Where checkpoint `step` is written before `commit` renames it into place."""
+    return Path(output_dir) / f"{PREFIX}{step}.tmp"
 
 
 def is_complete(folder: Path) -> bool:
@@ -69,14 +74,7 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The checkpoint to resume from: the newest complete one (which `latest` names, unless a run was killed
     between committing a checkpoint and updating `latest`), or None."""
     checkpoints = list_checkpoints(output_dir)
-    pointer = Path(output_dir) / LATEST
-    named = None
-    if pointer.is_file():
-        candidate = Path(output_dir) / pointer.read_text().strip()
-        named = candidate if is_complete(candidate) else None
-    if not checkpoints:
-        return named
-    return checkpoints[-1][1]
+    return checkpoints[-1][1] if checkpoints else None
 
 
 def remove_incomplete(output_dir: str | Path) -> list[Path]:
@@ -93,7 +91,7 @@ def remove_incomplete(output_dir: str | Path) -> list[Path]:
 
 def begin(output_dir: str | Path, step: int) -> Path:
     """Create the empty temporary folder of checkpoint `step` (main process) and return it."""
-    tmp = Path(output_dir) / f"{PREFIX}{step}.tmp"
+    tmp = temporary_path(output_dir, step)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -143,6 +141,21 @@ def rotate(output_dir: Path, keep_last: int, protected: Iterable[Path] = ()) -> 
             shutil.rmtree(folder)
             removed.append(folder)
     return removed
+
+
+def link_tree(source: Path, target: Path, exclude: Callable[[Path], bool] | None = None) -> None:
+    """Fill `target` with the files under `source` as hard links (copies where linking fails), leaving out those
+    whose path relative to `source` `exclude` accepts."""
+    for path in source.rglob("*"):
+        relative = path.relative_to(source)
+        if path.is_dir() or (exclude is not None and exclude(relative)):
+            continue
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, destination)
+        except OSError:
+            shutil.copy2(path, destination)
 
 
 def _fsync(path: Path) -> None:

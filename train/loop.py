@@ -408,7 +408,7 @@ class Trainer:
         push_result = None
         deployed = None
         if self.is_main:
-            if last_checkpoint is not None and last_checkpoint.name == f"{ckpt.PREFIX}{step}":
+            if last_checkpoint is not None and last_checkpoint.name == ckpt.checkpoint_path(self.output_dir, step).name:
                 _link_model_files(last_checkpoint, model_dir)  # the final checkpoint holds the model and the curve
             else:
                 self._plot(history)
@@ -531,7 +531,7 @@ class Trainer:
 
     def _save_checkpoint(self, step, model, optimizer, scheduler, history, pusher) -> Path:
         accelerator = self.accelerator
-        tmp = ckpt.begin(self.output_dir, step) if self.is_main else self.output_dir / f"{ckpt.PREFIX}{step}.tmp"
+        tmp = ckpt.begin(self.output_dir, step) if self.is_main else ckpt.temporary_path(self.output_dir, step)
         accelerator.wait_for_everyone()
         ckpt.save_torch(ckpt.rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
         training_weights = self._training_weights()
@@ -621,16 +621,7 @@ def _link_model_files(checkpoint: Path, model_dir: Path) -> None:
     tmp = model_dir.with_name(model_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    for path in checkpoint.rglob("*"):
-        relative = path.relative_to(checkpoint)
-        if path.is_dir() or _is_training_file(relative):
-            continue
-        target = tmp / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copy2(path, target)
+    ckpt.link_tree(checkpoint, tmp, exclude=_is_training_file)
     if model_dir.exists():
         shutil.rmtree(model_dir)
     os.replace(tmp, model_dir)

@@ -10,7 +10,6 @@ final push always runs, after waiting for the one in flight).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -20,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo.errors import HubError
+
+from .checkpoint import link_tree
 
 logger = logging.getLogger(__name__)
 
@@ -116,16 +117,5 @@ class HubPusher:
 def _snapshot(folder: Path, exclude: Callable[[Path], bool] | None = None) -> Path:
     """A temporary copy of `folder` made of hard links (copies where linking fails), next to it."""
     target = Path(tempfile.mkdtemp(prefix=f".push-{folder.name}-", dir=folder.parent))
-    for path in folder.rglob("*"):
-        if exclude is not None and exclude(path.relative_to(folder)):
-            continue
-        destination = target / path.relative_to(folder)
-        if path.is_dir():
-            destination.mkdir(parents=True, exist_ok=True)
-            continue
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, destination)
-        except OSError:
-            shutil.copy2(path, destination)
+    link_tree(folder, target, exclude)
     return target
