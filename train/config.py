@@ -129,11 +129,9 @@ class TrainConfig:
         if missing:
             raise ConfigError(f"The training config needs {' and '.join(missing)}.")
         hints = typing.get_type_hints(cls)
-        checked = {}
         for key, value in values.items():
             _check_type(key, value, hints[key])
-            checked[key] = value
-        return cls(**checked)
+        return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
