@@ -39,6 +39,14 @@ class Contender:
     setup: Callable[[], Callable[[], Any]] | None = None
     repeats: int | None = None
 
+    def prepare(self) -> Callable[[], Any]:
+        """The function to time next: what `setup` returns, or `run`."""
+        return self.setup() if self.setup is not None else self.run
+
+
+def _as_contenders(contenders: Mapping[str, Callable[[], Any] | Contender]) -> dict[str, Contender]:
+    return {name: c if isinstance(c, Contender) else Contender(run=c) for name, c in contenders.items()}
+
 
 @dataclasses.dataclass
 class Samples:
@@ -94,7 +102,7 @@ def alternate(
     energy: EnergyMeter | None = None,
 ) -> dict[str, Samples]:
     """Time `contenders` in alternation (see the module docstring); returns their samples, by name."""
-    entries = {name: c if isinstance(c, Contender) else Contender(run=c) for name, c in contenders.items()}
+    entries = _as_contenders(contenders)
     samples = {name: Samples() for name in entries}
     order = list(entries.items())
     for round_ in range(warmup + repeats):
@@ -102,7 +110,7 @@ def alternate(
             timed = round_ - warmup
             if timed >= (contender.repeats or repeats):
                 continue
-            run = contender.setup() if contender.setup is not None else contender.run
+            run = contender.prepare()
             synchronize(device)
             joules = energy.read() if energy is not None else None
             wall, cpu = time.perf_counter(), time.process_time()
@@ -121,9 +129,8 @@ def auto_repeats(contenders: Mapping[str, Callable[[], Any] | Contender], budget
                  low: int = 5, high: int = 50, device: str | torch.device = "cpu") -> int:
     """Rounds that fit in about `budget_s`, from one untimed round (which doubles as a warm-up), within [low, high]."""
     start = time.perf_counter()
-    for contender in contenders.values():
-        c = contender if isinstance(contender, Contender) else Contender(run=contender)
-        (c.setup() if c.setup is not None else c.run)()
+    for contender in _as_contenders(contenders).values():
+        contender.prepare()()
     synchronize(device)
     per_round = max(time.perf_counter() - start, 1e-6)
     return int(min(high, max(low, budget_s // per_round)))
