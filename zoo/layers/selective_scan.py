@@ -175,6 +175,9 @@ class _Chunks:
     The sequence is cut into chunks of equal length (the last padded with dt = 0, which carries the state
     through unchanged). A slab ``x[i]`` holds step i of every chunk, so each op of the loop over the steps
     of a chunk works on all chunks at once. A state slab is (batch, group, chunk, state, channel-in-group).
+
+    The layout changes go through a plain 2-D transpose, (rows, length) <-> (length, rows), and a copy of whole
+    rows: several times faster on CPU than one copy through the 6-D permutation.
     """
 
     def __init__(self, length: int, groups: int, chunk_size: int):
@@ -184,27 +187,40 @@ class _Chunks:
         self.steps = math.ceil(length / self.chunks)
         self.padding = self.chunks * self.steps - length
 
-    def split(self, x: Tensor, pattern: str) -> Tensor:
+    def _split(self, x: Tensor, rows: str, slab: str) -> Tensor:
+        """(..., length) to (step, ...): the leading dims of x named by ``rows`` (as einops axes)."""
         if self.padding:
             x = F.pad(x, (0, self.padding))
-        return rearrange(x, pattern, g=self.groups, t=self.steps).contiguous()
+        by_position = x.reshape(-1, x.shape[-1]).t().contiguous()
+        return rearrange(by_position, f"(c t) ({rows}) -> t {slab}", **self._sizes(x, rows)).contiguous()
+
+    def _sizes(self, x: Tensor, rows: str) -> dict[str, int]:
+        sizes = dict(zip(rows.split(), x.shape), t=self.steps)
+        sizes["g"] = self.groups
+        return sizes
 
     def channels(self, x: Tensor) -> Tensor:
         """(batch, dim, length) to (step, batch, group, chunk, 1, channel)."""
-        return self.split(x, "b (g e) (c t) -> t b g c 1 e")
+        return self._split(x.unflatten(1, (self.groups, -1)), "b g e", "b g c 1 e")
 
     def states(self, x: Tensor) -> Tensor:
         """(batch, groups, state, length) to (step, batch, group, chunk, state, 1)."""
-        return self.split(x, "b g n (c t) -> t b g c n 1")
+        return self._split(x, "b g n", "b g c n 1")
+
+    def _merge(self, slabs: Tensor | list[Tensor], slab: str, rows: str) -> Tensor:
+        slabs = torch.stack(slabs) if isinstance(slabs, list) else slabs
+        by_position = rearrange(slabs, f"t {slab} -> (c t) ({rows})").contiguous()
+        return by_position.t().contiguous()[:, : self.length]
 
     def merge_channels(self, slabs: Tensor | list[Tensor]) -> Tensor:
         """Step slabs (step, batch, group, chunk, 1, channel), stacked or a list, to (batch, dim, length)."""
-        slabs = torch.stack(slabs) if isinstance(slabs, list) else slabs
-        return rearrange(slabs, "t b g c 1 e -> b (g e) (c t)")[..., : self.length]
+        batch = slabs[0].shape[0]
+        return self._merge(slabs, "b g c 1 e", "b g e").view(batch, -1, self.length)
 
     def merge_states(self, slabs: list[Tensor]) -> Tensor:
         """A list of step slabs (batch, group, chunk, state, 1) to (batch, groups, state, length)."""
-        return rearrange(torch.stack(slabs), "t b g c n 1 -> b g n (c t)")[..., : self.length]
+        batch, groups, _, state, _ = slabs[0].shape
+        return self._merge(slabs, "b g c n 1", "b g n").view(batch, groups, state, self.length)
 
 
 def _chunked_states(chunks: _Chunks, dt, dtu, A2, B, C, keep_states: bool = False):
@@ -221,22 +237,27 @@ def _chunked_states(chunks: _Chunks, dt, dtu, A2, B, C, keep_states: bool = Fals
     _, batch, groups, n_chunks, state, _ = B.shape
     h = dt.new_zeros(batch, groups, n_chunks, state, dt.shape[-1])
     decay = torch.empty_like(h)
+    # Every step slab up front: indexing in the loop costs more than the small ops it feeds.
+    slabs = list(zip(dt.unbind(0), dtu.unbind(0), B.unbind(0)))
     if n_chunks > 1:
-        for i in range(chunks.steps):
-            h.mul_(torch.mul(dt[i], A2, out=decay).exp2_()).addcmul_(dtu[i], B[i])
+        for dt_i, dtu_i, B_i in slabs:
+            h.mul_(torch.mul(dt_i, A2, out=decay).exp2_()).addcmul_(dtu_i, B_i)
         chunk_decay = torch.mul(dt.sum(0), A2).exp2_()
         starts = [torch.zeros_like(h[:, :, 0])]
         for c in range(n_chunks - 1):
             starts.append(torch.addcmul(h[:, :, c], chunk_decay[:, :, c], starts[-1]))
         torch.stack(starts, dim=2, out=h)
     ys = dt.new_empty(chunks.steps, batch, groups, n_chunks, 1, dt.shape[-1])
-    C_rows = C.transpose(-1, -2)
+    # The readout <C_t, h_t> of all chunks as one batched (1, state) @ (state, channel) product.
+    h_mats = h.view(-1, state, h.shape[-1])
+    C_rows = C.reshape(chunks.steps, -1, 1, state).unbind(0)
+    y_rows = ys.view(chunks.steps, -1, 1, h.shape[-1]).unbind(0)
     states = []
-    for i in range(chunks.steps):
+    for (dt_i, dtu_i, B_i), C_i, y_i in zip(slabs, C_rows, y_rows):
         if keep_states:
             states.append(h.clone())
-        h.mul_(torch.mul(dt[i], A2, out=decay).exp2_()).addcmul_(dtu[i], B[i])
-        torch.matmul(C_rows[i], h, out=ys[i])
+        h.mul_(torch.mul(dt_i, A2, out=decay).exp2_()).addcmul_(dtu_i, B_i)
+        torch.bmm(C_i, h_mats, out=y_i)
     return ys, h, states
 
 
