@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
+from torch._inductor import config as inductor_config
 
 import zoo
 from tests.hub_server import populate_cache
@@ -115,6 +117,19 @@ def test_compiled_decoding_matches_transformers_and_compiles_once(tmp_path):
         assert torch.equal(model.generate(**inputs, max_new_tokens=10, cache="static", compile=True), expected[:, :fewer])
     with pytest.raises(ValueError, match="compile=True needs cache='static'"):
         model.generate(**inputs, max_new_tokens=2, compile=True)
+
+
+def test_compiled_single_prompt_decoding_reduces_its_matmuls(tmp_path):
+    """With one row per step inductor turns the projections into fused reductions (the fast CPU path)."""
+    reference = _reference("smolvlm")
+    reference.save_pretrained(tmp_path)
+    model = zoo.from_pretrained(tmp_path)
+    inputs = {name: value[:1] for name, value in _batch().items()}  # the unpadded prompt
+    expected = reference.generate(**inputs, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    counters.clear()
+    with inductor_config.patch(fx_graph_cache=False):  # a cached graph would skip the passes counted here
+        assert torch.equal(model.generate(**inputs, max_new_tokens=20, cache="static", compile=True), expected)
+    assert counters["inductor"]["decompose_mm"] > 0
 
 
 def test_stop_tokens_and_sampling_are_seeded(tmp_path):
