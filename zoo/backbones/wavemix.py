@@ -114,6 +114,8 @@ class WaveMixBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         bands = haar_dwt2d_concat(self.reduce(x), len(self.levels))
+        if _is_channels_last(x):  # the bands come out NCHW; the convs, and the residual add, are faster in x's layout
+            bands = [band.contiguous(memory_format=torch.channels_last) for band in bands]
         mixed = self.levels[-1](bands[-1])
         for band, mlp in zip(reversed(bands[:-1]), reversed(self.levels[:-1])):
             mixed = mlp(torch.cat([band, mixed], dim=1))
@@ -150,6 +152,10 @@ class WaveMixHead(nn.Module):
     def forward(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.upsample(features) if self.segmentation else features.mean((2, 3))
         return x if pre_logits else self.fc(x)
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def _channels_last_on_cpu(x: Tensor) -> Tensor:
