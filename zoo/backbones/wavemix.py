@@ -17,6 +17,7 @@ import re
 from collections.abc import Collection, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ZooConfig
@@ -86,7 +87,15 @@ class LevelMlp(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.upsample(self.fc2(self.drop(self.act(self.fc1(x))))))
+        hidden = self.fc2(self.drop(self.act(self.fc1(x))))
+        if self.training:
+            return self.norm(self.upsample(hidden))
+        # In eval the BN is a per-channel affine map: fold it into the transposed conv's weight and bias, which
+        # saves a pass over the largest activation of the block.
+        scale = self.norm.weight * torch.rsqrt(self.norm.running_var + self.norm.eps)
+        weight = self.upsample.weight * scale[:, None, None]
+        bias = (self.upsample.bias - self.norm.running_mean) * scale + self.norm.bias
+        return F.conv_transpose2d(hidden, weight, bias, stride=2, padding=1)
 
 
 class WaveMixBlock(nn.Module):
@@ -119,7 +128,7 @@ class WaveMixBlock(nn.Module):
         mixed = self.levels[-1](bands[-1])
         for band, mlp in zip(reversed(bands[:-1]), reversed(self.levels[:-1])):
             mixed = mlp(torch.cat([band, mixed], dim=1))
-        return x + mixed
+        return mixed.add_(x)
 
 
 class WaveMixHead(nn.Module):
