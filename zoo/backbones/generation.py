@@ -142,4 +142,3 @@ def _decode_step(model: nn.Module, token: torch.Tensor, attention_mask: torch.Te
 @functools.cache
 def _compiled_decode_step() -> Callable[..., torch.Tensor]:
     return torch.compile(_decode_step, fullgraph=True, dynamic=False, options=_DECODE_COMPILE_OPTIONS)
-

@@ -188,16 +188,12 @@ class _Chunks:
         self.padding = self.chunks * self.steps - length
 
     def _split(self, x: Tensor, rows: str, slab: str) -> Tensor:
-        """(..., length) to (step, ...): the leading dims of x named by ``rows`` (as einops axes)."""
+        """(*rows, length) to (step, *slab); ``rows`` names the leading dims of x as einops axes."""
         if self.padding:
             x = F.pad(x, (0, self.padding))
         by_position = x.reshape(-1, x.shape[-1]).t().contiguous()
-        return rearrange(by_position, f"(c t) ({rows}) -> t {slab}", **self._sizes(x, rows)).contiguous()
-
-    def _sizes(self, x: Tensor, rows: str) -> dict[str, int]:
         sizes = dict(zip(rows.split(), x.shape), t=self.steps)
-        sizes["g"] = self.groups
-        return sizes
+        return rearrange(by_position, f"(c t) ({rows}) -> t {slab}", **sizes).contiguous()
 
     def channels(self, x: Tensor) -> Tensor:
         """(batch, dim, length) to (step, batch, group, chunk, 1, channel)."""
