@@ -104,8 +104,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         input=args.input, layers=args.layers, model_options=json_option("--model-options", args.model_options),
         threads=args.threads, repeats=args.repeats, warmup=args.warmup, budget_s=args.budget,
         new_tokens=args.new_tokens, seed=args.seed, channels_last=args.channels_last, compile=args.compile,
-        flops=not args.no_flops,
-        memory=not args.no_memory,
+        flops=not args.no_flops, memory=not args.no_memory,
     )
     if args.model:
         names = [args.model]

@@ -95,7 +95,7 @@ class LevelMlp(nn.Module):
         scale = self.norm.weight * torch.rsqrt(self.norm.running_var + self.norm.eps)
         weight = self.upsample.weight * scale[:, None, None]
         bias = (self.upsample.bias - self.norm.running_mean) * scale + self.norm.bias
-        return F.conv_transpose2d(hidden, weight, bias, stride=2, padding=1)
+        return F.conv_transpose2d(hidden, weight, bias, self.upsample.stride, self.upsample.padding)
 
 
 class WaveMixBlock(nn.Module):
