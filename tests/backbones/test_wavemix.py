@@ -15,7 +15,7 @@ from eval.references import import_wavemix_classification
 from tests.backbones.norms import randomize_norms
 from tests.hub_server import populate_cache
 from zoo import hub
-from zoo.backbones.wavemix import WaveMix, WaveMixConfig
+from zoo.backbones.wavemix import PatchifyStem, WaveMix, WaveMixConfig
 from zoo.registry import get_entry, get_family
 
 FP32 = dict(rtol=0, atol=1e-5)
@@ -230,6 +230,20 @@ def test_channels_last_trunk_on_cpu_agrees_with_the_plain_layout():
         plain = model.blocks(model.stem(x))
     assert features.is_contiguous() and plain.is_contiguous()
     assert_close(features, plain, **FP32)
+
+
+@pytest.mark.parametrize(
+    "in_chans, patch_size, size", [(3, 4, (32, 48)), (1, 2, (8, 12)), (3, 8, (16, 8)), (3, 4, (4, 8))]
+)
+def test_eval_stem_runs_its_three_convs_as_one(in_chans, patch_size, size):
+    """In eval the patchify stem runs its three convs as one, minus the image ring's share at the edges. It must
+    equal the three convs everywhere (edges, corners and a single output row included), gradients too."""
+    stem = randomize_norms(PatchifyStem(in_chans, 24, patch_size)).eval()
+    three_convs = torch.nn.Sequential(*stem)
+    x = torch.randn(2, in_chans, *size, requires_grad=True)
+    expected, fused = three_convs(x), stem(x)
+    assert_close(fused, expected, **FP32)
+    assert_close(torch.autograd.grad(fused.square().sum(), x), torch.autograd.grad(expected.square().sum(), x), **FP32)
 
 
 def test_reset_classifier_and_reload(tmp_path):

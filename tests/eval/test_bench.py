@@ -110,12 +110,15 @@ def test_compare_prints_ratios(model, reference, phases, capsys, tmp_path):
     assert record["reference"].get("same_greedy_tokens", True)
     assert set(record["implementations"]) == {"zoo", reference}
     # the same model, so about the same FLOPs: exactly where both run the same ops; diffusers' Z-Image also projects
-    # padding (2.5% more here) and the wavemix package computes its Haar transform as convolutions (1% more)
+    # padding (2.5% more here); zoo's WaveMix runs its stem's three convs as one in eval, and the wavemix package
+    # computes its Haar transform as convolutions
     ours, theirs = (impl["flops"] for impl in record["implementations"].values())
     assert ours.keys() == theirs.keys()
     for phase, count in ours.items():
-        if model in ("z-image-tiny", "wavemix-tiny"):
+        if model == "z-image-tiny":
             assert 0 < count <= theirs[phase] < 1.05 * count
+        elif model == "wavemix-tiny":
+            assert 0 < count < theirs[phase]
         else:
             assert 0 < count == theirs[phase]
 

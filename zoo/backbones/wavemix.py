@@ -13,6 +13,7 @@ The published weights are the authors' plain state dicts at `cloudwalker/wavemix
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from collections.abc import Collection, Sequence
 
@@ -96,6 +97,66 @@ class LevelMlp(nn.Module):
         weight = self.upsample.weight * scale[:, None, None]
         bias = (self.upsample.bias - self.norm.running_mean) * scale + self.norm.bias
         return F.conv_transpose2d(hidden, weight, bias, self.upsample.stride, self.upsample.padding)
+
+
+def _joint_kernel(first: Tensor, second: Tensor) -> Tensor:
+    """The kernel of the one conv equal to conv `second` after conv `first`, both unpadded and `first` of stride
+    1: their full convolution, K[o, c, i + u, j + v] = sum_m W2[o, m, i, j] W1[m, c, u, v]."""
+    (out_channels, _, height, width), (_, in_channels, first_height, first_width) = second.shape, first.shape
+    products = torch.einsum("omij,mcuv->uvocij", second, first)
+    kernel = second.new_zeros(out_channels, in_channels, height + first_height - 1, width + first_width - 1)
+    for u, v in itertools.product(range(first_height), range(first_width)):
+        kernel[..., u : u + height, v : v + width] += products[u, v]
+    return kernel
+
+
+class PatchifyStem(nn.Sequential):
+    """Two 3x3 convs (stride 1, padding 1), a patch conv, GELU and BN: (B, Cin, H, W) -> (B, dim, H / p, W / p).
+
+    The three convs have no nonlinearity between them, so in eval they run as one conv of kernel p + 4 and
+    stride p over the input padded by 2: at dim 192 and p = 4, 26x fewer multiplies. That conv also sees the
+    first conv's outputs on a one-pixel ring around the image, where the second conv's zero padding has zeros;
+    the ring reaches only the first and last output row and column, and its share there is subtracted.
+    Training runs the three convs.
+    """
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int):
+        super().__init__(
+            nn.Conv2d(in_chans, dim // 4, 3, 1, 1),
+            nn.Conv2d(dim // 4, dim // 2, 3, 1, 1),
+            nn.Conv2d(dim // 2, dim, patch_size, patch_size),
+            nn.GELU(),
+            nn.BatchNorm2d(dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return super().forward(x)
+        first, second, patch, act, norm = self
+        stride = patch.stride[0]
+        # A conv maps a constant input b to W.sum((2, 3)) @ b: that carries each bias through the next conv.
+        first_two_bias = second.bias + second.weight.sum((2, 3)) @ first.bias
+        bias = patch.bias + patch.weight.sum((2, 3)) @ first_two_bias
+        weight = _joint_kernel(_joint_kernel(first.weight, second.weight), patch.weight)
+        x = F.pad(x, (2, 2, 2, 2))
+        out = F.conv2d(x, weight, bias, stride)
+        # The ring: the first conv at the positions one pixel outside the image, its rows with the corners.
+        ring = first.weight, first.bias
+        top, bottom = F.conv2d(x[:, :, :3], *ring), F.conv2d(x[:, :, -3:], *ring)
+        left = F.pad(F.conv2d(x[:, :, 1:-1, :3], *ring), (0, 0, 1, 1))
+        right = F.pad(F.conv2d(x[:, :, 1:-1, -3:], *ring), (0, 0, 1, 1))
+        # A ring row reaches the first (last) output row only, through the first (last) kernel row of the
+        # second and patch convs together, which is the joint kernel of their first (last) rows; the same
+        # for columns. One index picks both the output edge and the kernel edge.
+        for edge, ring_part, edge_stride in (
+            ((..., slice(0, 1), slice(None)), top, (1, stride)),
+            ((..., slice(-1, None), slice(None)), bottom, (1, stride)),
+            ((..., slice(0, 1)), left, (stride, 1)),
+            ((..., slice(-1, None)), right, (stride, 1)),
+        ):
+            edge_kernel = _joint_kernel(second.weight[edge], patch.weight[edge])
+            out[edge] -= F.conv2d(ring_part, edge_kernel, stride=edge_stride)
+        return norm(act(out))
 
 
 class WaveMixBlock(nn.Module):
@@ -191,13 +252,7 @@ class WaveMix(ZooModel):
         self.num_classes = config.num_classes
         self.num_features = dim
         if config.stem == "patchify":
-            self.stem = nn.Sequential(
-                nn.Conv2d(config.in_chans, dim // 4, 3, 1, 1),
-                nn.Conv2d(dim // 4, dim // 2, 3, 1, 1),
-                nn.Conv2d(dim // 2, dim, config.patch_size, config.patch_size),
-                nn.GELU(),
-                nn.BatchNorm2d(dim),
-            )
+            self.stem = PatchifyStem(config.in_chans, dim, config.patch_size)
         else:
             self.stem = nn.Sequential(
                 nn.Conv2d(config.in_chans, dim // 2, 3, config.stem_stride, 1),
