@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from zoo.config import ZooConfig
+from zoo.dtypes import parse_dtype
 from zoo.errors import ConfigError, InputError, ZooError
 from zoo.registry import (
     ModelEntry,
@@ -55,7 +56,6 @@ from .timing import (
     ratios,
 )
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 GENERATIVE_TASKS = ("vlm", "language")
 MAIN_PHASE = {"diffusion": "step", "vlm": "ttft", "language": "ttft"}
 
@@ -119,9 +119,7 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ConfigError(f"--dtype takes {', '.join(DTYPES)}, got {name!r}")
-    return DTYPES[name]
+    return parse_dtype(name, "--dtype")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -434,7 +432,6 @@ def run_many(names: list[str], options: BenchOptions, log: Callable[[str], None]
 
 
 __all__ = [
-    "DTYPES",
     "BenchOptions",
     "count_call_flops",
     "fits_in_memory",

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from . import hub
+from .dtypes import FLOAT_DTYPES, parse_dtype
 from .errors import CheckpointError, ConfigError
 from .modeling import ZooModel
 from .registry import Converter, Family, PretrainedSource, families, get_family, split_name
@@ -146,13 +147,8 @@ def fetch_source(source: PretrainedSource) -> Path:
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """None and "auto" keep what there is; names such as "bfloat16" or "bf16" become torch dtypes."""
-    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
-        return None if dtype == "auto" else dtype
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-    resolved = getattr(torch, aliases.get(dtype, dtype), None)
-    floating = ("float32", "float16", "bfloat16", "float64")
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ConfigError(f"Unknown dtype '{dtype}'; use one of {', '.join(floating)}, 'auto', or a torch.dtype.")
-    return resolved
+    """None and "auto" keep what there is; anything else is a floating dtype, its name or an alias ("bf16")."""
+    if dtype is None or dtype == "auto":
+        return None
+    return parse_dtype(dtype, allowed={**FLOAT_DTYPES, "float64": torch.float64})
 

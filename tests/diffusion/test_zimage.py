@@ -291,7 +291,7 @@ def test_pipeline_errors_name_what_is_expected(tiny_repo):
         pipeline("a cat", height=30, width=32)
     with pytest.raises(zoo.ConfigError, match="got 3 negative prompts for 2 prompts"):
         pipeline(["a", "b"], negative_prompt=["x"] * 3, guidance_scale=2.0)
-    with pytest.raises(zoo.ConfigError, match="dtype must be float32, bfloat16 or float16"):
+    with pytest.raises(zoo.ConfigError, match="dtype must be one of float32, bfloat16, float16 .*got 'int8'"):
         ZImagePipeline.from_pretrained(tiny_repo, dtype="int8", device="cpu")
 
 

@@ -236,7 +236,7 @@ def test_input_errors_of_families_with_several_inputs():
 def test_other_bad_options():
     with pytest.raises(ConfigError, match="--layers does not apply to 'lowformer'"):
         quick("lowformer-tiny", layers=2)
-    with pytest.raises(ConfigError, match="--dtype takes float32, bfloat16, float16"):
+    with pytest.raises(ConfigError, match="--dtype must be one of float32, bfloat16, float16 .*got 'float64'"):
         quick("toy-tiny", dtype="float64")
     with pytest.raises(ConfigError, match="no field"):
         quick("toy-tiny", model_options={"nope": 1})

@@ -32,6 +32,7 @@ from einops import repeat
 from tqdm.auto import tqdm
 
 from zoo import hub
+from zoo.dtypes import parse_dtype
 from zoo.errors import ConfigError, InputError, ZooError
 from zoo.factory import create, from_pretrained
 from zoo.registry import ModelEntry, get_entry, list_models, split_name
@@ -511,11 +512,7 @@ def _run_dtype(name: str | None, device: torch.device) -> torch.dtype:
     """--dtype, or bfloat16 on CUDA and float32 elsewhere."""
     if name is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-    dtype = getattr(torch, aliases.get(name, name), None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise InputError(f"--dtype must be float32, bfloat16 or float16, got '{name}'.")
-    return dtype
+    return parse_dtype(name, "--dtype")
 
 
 def _size_for_image(image: Any, area: int, pipe: WanPipeline) -> tuple[int, int]:

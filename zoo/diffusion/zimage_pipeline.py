@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
+from zoo.dtypes import parse_dtype
 from zoo.errors import CheckpointError, ConfigError, ZooError
 
 if TYPE_CHECKING:
@@ -37,10 +38,6 @@ PIPELINE_FILES = (
     "model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*.json", "text_encoder/*.safetensors",
     "transformer/*.json", "transformer/*.safetensors", "vae/*.json", "vae/*.safetensors",
 )  # fmt: skip
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +68,6 @@ def default_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
-
-
-def _resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
-        return dtype
-    if dtype not in _DTYPES:
-        raise ConfigError(f"dtype must be float32, bfloat16 or float16 (or bf16, fp16, fp32), got {dtype!r}")
-    return _DTYPES[dtype]
 
 
 def calculate_shift(
@@ -154,7 +143,7 @@ class ZImagePipeline:
             folder = hub.download(hub_id, revision=revision, allow_patterns=PIPELINE_FILES)
         _check_layout(folder)
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = default_dtype(device) if dtype is None else _resolve_dtype(dtype)
+        dtype = default_dtype(device) if dtype is None else parse_dtype(dtype)
 
         pipeline = cls(
             transformer=from_pretrained(folder / "transformer", family="zimage", dtype=dtype),
@@ -168,7 +157,7 @@ class ZImagePipeline:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | str | None = None) -> ZImagePipeline:
         """Move every model to `device`; cast the denoiser and the text encoder to `dtype` (not the VAE)."""
-        dtype = None if dtype is None else _resolve_dtype(dtype)
+        dtype = None if dtype is None else parse_dtype(dtype)
         self.transformer.to(device=device, dtype=dtype)
         self.text_encoder.to(device=device, dtype=dtype)
         self.vae.to(device=device)
