@@ -13,7 +13,6 @@ The published weights are the authors' plain state dicts at `cloudwalker/wavemix
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import re
 from collections.abc import Collection, Sequence
 
@@ -101,13 +100,12 @@ class LevelMlp(nn.Module):
 
 def _joint_kernel(first: Tensor, second: Tensor) -> Tensor:
     """The kernel of the one conv equal to conv `second` after conv `first`, both unpadded and `first` of stride
-    1: their full convolution, K[o, c, i + u, j + v] = sum_m W2[o, m, i, j] W1[m, c, u, v]."""
+    1: their full convolution, K[o, c, i + u, j + v] = sum_m W2[o, m, i, j] W1[m, c, u, v]. `fold` (col2im) sums
+    the products onto K's grid, with `first`'s taps as the patch and `second`'s as the positions."""
     (out_channels, _, height, width), (_, in_channels, first_height, first_width) = second.shape, first.shape
-    products = torch.einsum("omij,mcuv->uvocij", second, first)
-    kernel = second.new_zeros(out_channels, in_channels, height + first_height - 1, width + first_width - 1)
-    for u, v in itertools.product(range(first_height), range(first_width)):
-        kernel[..., u : u + height, v : v + width] += products[u, v]
-    return kernel
+    products = torch.einsum("omij,mcuv->ocuvij", second, first).reshape(1, -1, height * width)
+    size = (height + first_height - 1, width + first_width - 1)
+    return F.fold(products, size, (first_height, first_width)).view(out_channels, in_channels, *size)
 
 
 class PatchifyStem(nn.Sequential):
