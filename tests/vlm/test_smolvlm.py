@@ -9,6 +9,7 @@ from torch._inductor import config as inductor_config
 
 import zoo
 from tests.hub_server import populate_cache
+from zoo.errors import ConfigError, InputError
 from zoo.vlm.smolvlm import SmolVLM
 
 transformers = pytest.importorskip("transformers")
@@ -171,6 +172,49 @@ def test_image_token_mismatch_is_a_clear_error():
     inputs["input_ids"] = torch.cat([ids[:, :4], ids[:, 6:]], dim=1)  # drop 2 of the 4 <image> tokens
     with pytest.raises(ValueError, match="has 2 <image> tokens but the images give 4 features"):
         model(**inputs)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(num_beams=4), r"beam search \(num_beams=4\) is not supported: generate decodes greedily"),
+    (dict(num_return_sequences=2), r"several sequences per prompt \(num_return_sequences=2\) is not supported"),
+    (dict(repetition_penalty=1.2), "a repetition penalty"),
+    (dict(max_length=40), "unknown option 'max_length'; its options are max_new_tokens, .*model's inputs pixel_values"),
+    (dict(max_new_tokens=0), "max_new_tokens must be a positive integer, got 0"),
+    (dict(max_new_tokens=-2), "max_new_tokens must be a positive integer, got -2"),
+    (dict(max_new_tokens=2.5), "max_new_tokens must be a positive integer, got 2.5"),
+    (dict(do_sample=True, top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(do_sample=True, top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=float("nan")), r"top_p must be in \(0, 1\]"),
+    (dict(do_sample=True, top_k=-1), "top_k must be a non-negative integer"),
+    (dict(do_sample=True, top_k=2.5), "top_k must be a non-negative integer"),
+    (dict(do_sample=True, temperature=0.0), "temperature must be positive when sampling"),
+    (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
+    (dict(do_sample="yes"), "do_sample must be True or False"),
+    (dict(cache="paged"), "cache must be 'dynamic' or 'static'"),
+])
+def test_generation_options_are_checked(options, message):
+    model = zoo.create("smolvlm-tiny").eval()
+    inputs = zoo.registry.get_entry("smolvlm-tiny").default_input.make(model.config, 1)
+    with pytest.raises(ConfigError, match=message):
+        model.generate(**{"max_new_tokens": 2, **inputs, **options})
+
+
+def test_generation_accepts_transformers_defaults_and_refuses_empty_prompts():
+    model = zoo.create("smolvlm-tiny").eval()
+    inputs = zoo.registry.get_entry("smolvlm-tiny").default_input.make(model.config, 2)
+    greedy = model.generate(**inputs, max_new_tokens=3)
+    same = model.generate(**inputs, max_new_tokens=3, num_beams=1, num_return_sequences=1, use_cache=True,
+                          temperature=0.0, top_k=0, top_p=1.0)  # greedy: sampling settings are ignored
+    assert torch.equal(greedy, same)
+    with pytest.raises(InputError, match="prompt 0 of the batch has no tokens"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=2)
+    padded = torch.tensor([[1, 1, 1], [0, 0, 0]])
+    with pytest.raises(InputError, match="prompt 1 of the batch has no tokens"):
+        model.generate(torch.full((2, 3), 5), attention_mask=padded, max_new_tokens=2)
+    with pytest.raises(InputError, match="no prompt"):
+        model.generate(torch.zeros(0, 3, dtype=torch.long), max_new_tokens=2)
+    with pytest.raises(InputError, match="attention_mask .* must have the shape of input_ids"):
+        model.generate(torch.full((1, 3), 5), attention_mask=torch.ones(1, 2, dtype=torch.long), max_new_tokens=2)
 
 
 def test_published_configs_match_transformers_param_counts():

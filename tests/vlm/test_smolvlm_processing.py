@@ -189,6 +189,64 @@ def test_images_and_videos_interleave_in_placeholder_order(tokenizer):
     assert inputs["pixel_attention_mask"][1, len(tiles):].sum() == 0
 
 
+def test_transformers_call_arguments(tokenizer):
+    theirs = reference(tokenizer, 64, 32, 2)
+    ours = SmolVLMProcessor(tokenizer, image_seq_len=2, longest_edge=64, max_image_size=32)
+    image = random_image(30, 40)
+    texts, images = ["<image>hello", "<image>hi there you"], [[image], [image]]
+    for options in [
+        dict(return_tensors="pt", padding=True),
+        dict(return_tensors="pt", padding="max_length", max_length=80, padding_side="right"),
+        dict(return_tensors="pt", padding=True, pad_to_multiple_of=16, add_special_tokens=False),
+        dict(return_tensors="pt", padding="longest", truncation=True, max_length=60),
+        dict(return_tensors="pt", padding=True, return_attention_mask=False),
+    ]:
+        expected = theirs(text=texts, images=images, **{"padding_side": "left", **options})
+        inputs = ours(text=texts, images=images, **options)
+        assert inputs.keys() == expected.keys()
+        assert torch.equal(inputs["input_ids"], expected["input_ids"])
+        if options.get("return_attention_mask", True):
+            assert_same_inputs(inputs, expected)
+    assert torch.equal(ours(text=texts, images=images).to("cpu")["input_ids"], expected["input_ids"])  # a BatchFeature
+
+    as_numpy = ours(text=texts, images=images, return_tensors="np")
+    expected = theirs(text=texts, images=images, padding=True, padding_side="left", return_tensors="np")
+    assert all(isinstance(value, np.ndarray) for value in as_numpy.values())
+    assert (as_numpy["input_ids"] == expected["input_ids"]).all()
+    np.testing.assert_allclose(as_numpy["pixel_values"], expected["pixel_values"], rtol=0, atol=ATOL)
+
+    truncated = ours(text=["hello world", "hi"], truncation=True, max_length=4, padding_side="right")
+    expected = theirs(text=["hello world", "hi"], truncation=True, max_length=4, padding=True, return_tensors="pt")
+    assert torch.equal(truncated["input_ids"], expected["input_ids"])
+    assert torch.equal(truncated["attention_mask"], expected["attention_mask"])
+    assert ours(text="")["input_ids"].shape == (1, 0)  # as transformers encodes it; generate refuses it
+
+
+def test_unsupported_call_arguments_are_clear_errors(small):
+    image = random_image(30, 40)
+    for return_tensors in ("tf", "jax", "mlx"):
+        with pytest.raises(InputError, match="return_tensors must be 'pt' .* or 'np'"):
+            small(text="<image>", images=image, return_tensors=return_tensors)
+    with pytest.raises(InputError, match="unknown argument 'do_image_splitting'.*from_pretrained"):
+        small(text="<image>", images=image, do_image_splitting=False)
+    with pytest.raises(InputError, match="padding_side must be 'left' or 'right'"):
+        small(text="hi", padding_side="middle")
+    with pytest.raises(InputError, match=r"Prompts of \[2, 3\] tokens .* pass padding=True"):
+        small(text=["ab", "abc"], padding=False)
+    length = small(text="<image>Describe", images=image)["input_ids"].shape[1]  # 10 image tokens
+    with pytest.raises(InputError, match=f"is {length} tokens long, more than max_length=12.*truncation does not cut"):
+        small(text="<image>Describe", images=image, truncation=True, max_length=12)
+    kept = small(text="<image>Describe", images=image, truncation=True, max_length=length - 3)["input_ids"]
+    assert kept.shape[1] == length - 3 and int((kept == small.image_token_id).sum()) == 10  # the text was cut
+
+
+def test_zero_sized_images_are_clear_errors(small):
+    for image in (Image.new("RGB", (0, 0)), Image.new("L", (7, 0)), np.zeros((0, 5, 3), np.uint8),
+                  torch.zeros(3, 4, 0, dtype=torch.uint8), np.zeros((0, 0), np.uint8)):
+        with pytest.raises(InputError, match=r"Cannot use an image of \d+x\d+ pixels: both sides need at least 1"):
+            small(text="<image>", images=image)
+
+
 # ----------------------------------------------------------------------------------------------------
 # chat template
 

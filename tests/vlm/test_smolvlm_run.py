@@ -71,3 +71,17 @@ def test_too_many_images_for_the_context(checkpoint, capsys):
     err = capsys.readouterr().err
     assert "more than max_length" in err and "do_image_splitting=False" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "--max-new-tokens must be at least 1, got 0"),
+    ("-3", "--max-new-tokens must be at least 1, got -3"),
+    ("2048", "--max-new-tokens 2048 leaves no room for the prompt in the model's 2048-token context; ask for fewer"),
+])
+def test_max_new_tokens_out_of_range_is_a_one_line_error(checkpoint, capsys, value, message):
+    _, folder, image = checkpoint
+    assert main(["run", "smolvlm-tiny", "--checkpoint", str(folder), "--image", str(image), "--prompt", "?",
+                 "--max-new-tokens", value, "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"zoo run: error: {message}\n"
+    assert captured.out == ""

@@ -9,6 +9,7 @@ real tokens, so left-padded rows start at 0.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.errors import ConfigError, InputError
 from zoo.layers.attention import DynamicCache, StaticCache
 
 # With compile=True the static cache is rounded up to a multiple of this many positions, so that calls with
@@ -27,6 +29,59 @@ COMPILED_CACHE_MULTIPLE = 256
 # Decoding reads every weight once per token, and that reduction reads them at about twice the bandwidth of
 # MKL's GEMV on two threads. The pass leaves CUDA matmuls and batches of several rows alone.
 _DECODE_COMPILE_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
+
+# The options of `generate`; transformers' options that it lacks are accepted at their default value only.
+GENERATE_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id",
+                    "cache", "compile", "generator")
+_UNSUPPORTED = {"num_beams": (1, "beam search"), "num_return_sequences": (1, "several sequences per prompt"),
+                "repetition_penalty": (1.0, "a repetition penalty"), "use_cache": (True, "decoding without a cache")}
+# The inputs `generate` itself gives the model's forward.
+_LOOP_INPUTS = {"input_ids", "attention_mask", "position_ids", "cache", "logits_to_keep"}
+
+
+def check_generation_options(
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> None:
+    """Raise a ConfigError for a value transformers' GenerationConfig and logits warpers would refuse, and for
+    top_p=0 (which they take as greedy decoding)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not isinstance(do_sample, bool):
+        raise ConfigError(f"do_sample must be True or False, got {do_sample!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ConfigError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if do_sample and temperature == 0:
+        raise ConfigError("temperature must be positive when sampling (do_sample=True), got 0; "
+                          "for greedy decoding use do_sample=False")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ConfigError(f"top_k must be a non-negative integer (0 or None: no top-k filtering), got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ConfigError(f"top_p must be in (0, 1] (1 or None: no nucleus filtering), got {top_p!r}; "
+                          "for greedy decoding use do_sample=False")
+
+
+def _prefill_inputs(model: nn.Module, extra: dict[str, Any]) -> dict[str, Any]:
+    """The model inputs among `generate`'s extra keyword arguments; anything else is a ConfigError naming the
+    supported options, unless it is a transformers option at its default value (then it is dropped)."""
+    parameters = inspect.signature(model.forward).parameters
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        return extra
+    model_inputs = [name for name in parameters if name not in _LOOP_INPUTS]
+    for name, value in extra.items():
+        if name in model_inputs:
+            continue
+        if name not in _UNSUPPORTED:
+            raise ConfigError(f"generate got an unknown option {name!r}; its options are "
+                              f"{', '.join(GENERATE_OPTIONS)}, and the model's inputs {', '.join(model_inputs)}")
+        default, feature = _UNSUPPORTED[name]
+        if value != default:
+            raise ConfigError(f"{feature} ({name}={value!r}) is not supported: generate decodes greedily "
+                              "(do_sample=False) or by sampling (do_sample=True with temperature, top_k, top_p)")
+    return {name: value for name, value in extra.items() if name in model_inputs}
 
 
 def select_next_token(
@@ -82,25 +137,35 @@ def generate(
     compile: run each decoding step through `torch.compile` (needs cache="static"): the steps then have
     one fixed shape, attending over the whole cache with unwritten positions masked. The first call
     compiles for a minute or more on CPU; later calls with a cache of the same size reuse it.
+    Beam search and other transformers options are not supported: an unknown option is a ConfigError.
     """
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be (B, L), got {tuple(input_ids.shape)}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    check_generation_options(max_new_tokens, do_sample, temperature, top_k, top_p)
+    prefill_inputs = _prefill_inputs(model, prefill_inputs)
+    if cache not in ("dynamic", "static"):
+        raise ConfigError(f"cache must be 'dynamic' or 'static', got {cache!r}")
     if compile and cache != "static":
-        raise ValueError(f"compile=True needs cache='static', got cache={cache!r}")
+        raise ConfigError(f"compile=True needs cache='static', got cache={cache!r}")
+    if input_ids.ndim != 2:
+        raise InputError(f"input_ids must be (B, L), got {tuple(input_ids.shape)}")
     batch_size, length = input_ids.shape
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise InputError(f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids "
+                         f"{tuple(input_ids.shape)}")
+    if batch_size == 0:
+        raise InputError("input_ids holds no prompt (batch size 0)")
+    empty = attention_mask.sum(-1).eq(0).nonzero().flatten().tolist()
+    if empty:
+        raise InputError(f"prompt {empty[0]} of the batch has no tokens: generate needs at least one token per prompt "
+                         "(e.g. the chat-templated prompt, or the tokenizer's BOS token)")
     if cache == "static":
         max_length = length + max_new_tokens
         if compile:
             max_length = math.ceil(max_length / COMPILED_CACHE_MULTIPLE) * COMPILED_CACHE_MULTIPLE
         kv_cache: DynamicCache | StaticCache = StaticCache(max_length)
-    elif cache == "dynamic":
-        kv_cache = DynamicCache()
     else:
-        raise ValueError(f"cache must be 'dynamic' or 'static', got {cache!r}")
+        kv_cache = DynamicCache()
     stop = torch.tensor([] if eos_token_id is None else
                         [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
                         device=input_ids.device, dtype=torch.long)

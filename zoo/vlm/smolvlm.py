@@ -177,6 +177,8 @@ def run_smolvlm(name: str, args: Any) -> None:
 
     if not args.prompt:
         raise InputError("zoo run needs --prompt for a vision-language model")
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.checkpoint:
         source, revision = args.checkpoint, None
@@ -185,6 +187,10 @@ def run_smolvlm(name: str, args: Any) -> None:
         entry, tag = split_name(name)
         source, revision = entry.source(tag).hub_id, entry.source(tag).revision
         model = create(name, pretrained=True, dtype=args.dtype, device=device)
+    context = model.config.text.max_position_embeddings
+    if args.max_new_tokens >= context:
+        raise InputError(f"--max-new-tokens {args.max_new_tokens} leaves no room for the prompt in the model's "
+                         f"{context}-token context; ask for fewer")
     processor = SmolVLMProcessor.from_pretrained(
         source, revision=revision, image_seq_len=model.config.image_seq_len,
         max_image_size=model.config.vision.image_size,
@@ -193,7 +199,7 @@ def run_smolvlm(name: str, args: Any) -> None:
     content.append({"type": "text", "text": args.prompt})
     prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
     inputs = processor(text=prompt, images=args.image or None, videos=args.video,
-                       max_length=model.config.text.max_position_embeddings - args.max_new_tokens)
+                       max_length=context - args.max_new_tokens)
     inputs = {key: value.to(device) for key, value in inputs.items()}
     if "pixel_values" in inputs:
         inputs["pixel_values"] = inputs["pixel_values"].to(model.lm_head.weight.dtype)

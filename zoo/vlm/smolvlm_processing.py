@@ -32,6 +32,7 @@ from num2words import num2words
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.v2 import functional as tvF
+from transformers import BatchFeature
 
 from zoo.errors import InputError
 
@@ -278,6 +279,7 @@ def load_image(image: ImageInput) -> Tensor:
     if isinstance(image, (str, Path)):
         image = _open_image(image)
     if isinstance(image, Image.Image):
+        _check_image_size(*image.size)
         if "A" in image.getbands() or "transparency" in image.info:
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             image = Image.alpha_composite(background, image.convert("RGBA"))
@@ -295,10 +297,17 @@ def load_image(image: ImageInput) -> Tensor:
             array = np.moveaxis(array, 0, -1)
         elif array.shape[-1] not in (1, 3, 4):
             raise InputError(f"An image array needs 1, 3 or 4 channels first or last, got shape {array.shape}")
+    _check_image_size(array.shape[1], array.shape[0])
+    if array.ndim == 3:
         if array.shape[-1] == 3:
             return torch.tensor(array).permute(2, 0, 1).contiguous()
         array = array[..., 0] if array.shape[-1] == 1 else array
     return load_image(Image.fromarray(array))
+
+
+def _check_image_size(width: int, height: int) -> None:
+    if width == 0 or height == 0:
+        raise InputError(f"Cannot use an image of {width}x{height} pixels: both sides need at least 1 pixel")
 
 
 def _open_image(path: str | Path) -> Image.Image:
@@ -522,19 +531,41 @@ class SmolVLMProcessor:
         padding: bool | str = True,
         max_length: int | None = None,
         add_special_tokens: bool | None = None,
-    ) -> dict[str, Tensor]:
-        """Prompts with `<image>` / `<video>` placeholders plus their media -> model inputs.
+        *,
+        truncation: bool | str = False,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool = True,
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Prompts with `<image>` / `<video>` placeholders plus their media -> model inputs, with transformers'
+        processor arguments (pass `text`, `images` and `videos` by keyword, as its order differs).
 
         `images`: one image, a flat list (handed to the `<image>` placeholders in order) or one list per prompt.
         `videos`: one video or a list (handed to the `<video>` placeholders in order), see `preprocess_video`;
         `video_metadata`: one dict per decoded video. `max_length` (e.g. the model's context length) turns a
-        longer prompt into an error. `add_special_tokens` defaults to not adding them to a prompt that already
-        starts with the BOS token (as chat-templated prompts do).
+        longer prompt into an error, or with `truncation=True` cuts its text (never its image tokens).
+        `padding`, `pad_to_multiple_of`, `padding_side` (default: the processor's) and `add_special_tokens` are the
+        tokenizer's; `add_special_tokens` defaults to not adding them to a prompt that already starts with the BOS
+        token (as chat-templated prompts do). `return_tensors`: "pt" (also for None) or "np".
 
-        Returns input_ids and attention_mask (B, L), padded on `padding_side`, and when there are images or videos
-        pixel_values (B, N, 3, M, M) and pixel_attention_mask (B, N, M, M): each prompt's tiles and frames in the
-        order of its placeholders, zero-padded to the largest N.
+        Returns a transformers `BatchFeature` (a mapping with `.to(device)`): input_ids and attention_mask (B, L),
+        and when there are images or videos pixel_values (B, N, 3, M, M) and pixel_attention_mask (B, N, M, M):
+        each prompt's tiles and frames in the order of its placeholders, zero-padded to the largest N.
         """
+        if kwargs:
+            raise InputError(
+                f"SmolVLMProcessor got an unknown argument {next(iter(kwargs))!r}; it takes text, images, videos, "
+                "video_metadata, padding, truncation, max_length, pad_to_multiple_of, padding_side, "
+                "add_special_tokens, return_attention_mask and return_tensors. Image settings such as "
+                "do_image_splitting or longest_edge are set on the processor: SmolVLMProcessor.from_pretrained(repo, "
+                "do_image_splitting=False)"
+            )
+        if return_tensors not in (None, "pt", "np"):
+            raise InputError(f"return_tensors must be 'pt' (PyTorch) or 'np' (NumPy), got {return_tensors!r}")
+        if padding_side not in (None, "left", "right"):
+            raise InputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         texts = [text] if isinstance(text, str) else None if text is None else list(text)
         num_prompts = len(texts) if texts is not None else 1
         images = _group_per_prompt(images, texts, IMAGE_TOKEN, _is_image, "images") or [[]] * num_prompts
@@ -558,10 +589,15 @@ class SmolVLMProcessor:
                 prompts.append(_PLACEHOLDER.sub(lambda _, queue=iter(expansions): next(queue), texts[index]))
             tiles.append(torch.cat(prompt_tiles) if prompt_tiles else None)
 
-        inputs = self._tokenize(prompts, padding, max_length, add_special_tokens) if texts is not None else {}
+        inputs = {}
+        if texts is not None:
+            inputs = self._tokenize(prompts, padding, truncation, max_length, pad_to_multiple_of,
+                                    padding_side or self.padding_side, add_special_tokens)
+            if not return_attention_mask:
+                del inputs["attention_mask"]
         if any(group is not None for group in tiles):
             inputs.update(_pad_tiles(tiles))
-        return inputs
+        return BatchFeature(inputs, tensor_type="np" if return_tensors == "np" else None)
 
     def _process_media(self, placeholder: str, item: Any) -> tuple[Tensor, str]:
         """An image, or a (video, metadata) pair -> (its tiles or frames, the text replacing its placeholder)."""
@@ -572,33 +608,40 @@ class SmolVLMProcessor:
         return frames, video_prompt(sampled.timestamps, sampled.duration, self.image_seq_len)
 
     def _tokenize(
-        self, prompts: list[str], padding: bool | str, max_length: int | None, add_special_tokens: bool | None
+        self,
+        prompts: list[str],
+        padding: bool | str,
+        truncation: bool | str,
+        max_length: int | None,
+        pad_to_multiple_of: int | None,
+        padding_side: str,
+        add_special_tokens: bool | None,
     ) -> dict[str, Tensor]:
         bos = self.tokenizer.bos_token
         if add_special_tokens is None:
             add_special_tokens = not (bos and all(prompt.startswith(bos) for prompt in prompts))
+        options = {"add_special_tokens": add_special_tokens, "padding_side": padding_side}
         encoded = self.tokenizer(
-            prompts,
-            padding=padding,
-            padding_side=self.padding_side,
-            add_special_tokens=add_special_tokens,
-            return_tensors="pt",
+            prompts, padding=padding, truncation=truncation, pad_to_multiple_of=pad_to_multiple_of,
+            max_length=max_length if truncation or padding == "max_length" else None, **options,
         )
-        input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
-        if max_length is not None:
-            for index, length in enumerate(attention_mask.sum(-1).tolist()):
-                if length > max_length:
-                    raise InputError(self._too_long_message(index, length, max_length, input_ids[index]))
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        for index, (prompt, ids, mask) in enumerate(zip(prompts, encoded["input_ids"], encoded["attention_mask"])):
+            image_tokens = prompt.count(IMAGE_TOKEN)
+            if max_length is not None and (sum(mask) > max_length or ids.count(self.image_token_id) < image_tokens):
+                length = len(self.tokenizer(prompt, **options)["input_ids"])  # before truncation
+                raise InputError(self._too_long_message(index, length, max_length, image_tokens))
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        if len(set(lengths)) > 1:
+            raise InputError(f"Prompts of {lengths} tokens cannot form one batch without padding; pass padding=True")
+        return {name: torch.tensor(encoded[name], dtype=torch.long) for name in ("input_ids", "attention_mask")}
 
-    def _too_long_message(self, index: int, length: int, max_length: int, input_ids: Tensor) -> str:
-        image_tokens = int((input_ids == self.image_token_id).sum())
+    def _too_long_message(self, index: int, length: int, max_length: int, image_tokens: int) -> str:
         fewer_tiles = f"longest_edge={2 * self.max_image_size} for at most 5 tiles per image"
         return (
             f"Prompt {index} is {length} tokens long, more than max_length={max_length}; its images and videos take "
             f"{image_tokens} of them ({image_tokens // self.image_seq_len} tiles or frames of {self.image_seq_len} "
-            f"tokens). Use fewer images or frames (video_max_frames), do_image_splitting=False for one tile per "
-            f"image, or a smaller longest_edge (e.g. {fewer_tiles})"
+            f"tokens), which truncation does not cut. Use fewer images or frames (video_max_frames), "
+            f"do_image_splitting=False for one tile per image, or a smaller longest_edge (e.g. {fewer_tiles})"
         )
 
     def apply_chat_template(
