@@ -31,7 +31,7 @@ COMPILED_CACHE_MULTIPLE = 256
 _DECODE_COMPILE_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
 
 # The options of `generate`; transformers' options that it lacks are accepted at their default value only.
-GENERATE_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id",
+_GENERATE_OPTIONS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id", "pad_token_id",
                     "cache", "compile", "generator")
 _UNSUPPORTED = {"num_beams": (1, "beam search"), "num_return_sequences": (1, "several sequences per prompt"),
                 "repetition_penalty": (1.0, "a repetition penalty"), "use_cache": (True, "decoding without a cache")}
@@ -76,7 +76,7 @@ def _prefill_inputs(model: nn.Module, extra: dict[str, Any]) -> dict[str, Any]:
             continue
         if name not in _UNSUPPORTED:
             raise ConfigError(f"generate got an unknown option {name!r}; its options are "
-                              f"{', '.join(GENERATE_OPTIONS)}, and the model's inputs {', '.join(model_inputs)}")
+                              f"{', '.join(_GENERATE_OPTIONS)}, and the model's inputs {', '.join(model_inputs)}")
         default, feature = _UNSUPPORTED[name]
         if value != default:
             raise ConfigError(f"{feature} ({name}={value!r}) is not supported: generate decodes greedily "
