@@ -111,6 +111,14 @@ def test_tag_survives_save_and_from_pretrained(tmp_path):
     assert loaded.pretrained_cfg == model.pretrained_cfg
 
 
+def test_names_and_tags_this_zoo_does_not_register_fall_back_to_the_family():
+    model = _meta("lowformer-b0")
+    model.zoo_tag = "in22k"  # e.g. saved by a newer zoo
+    assert model.pretrained_cfg["tag"] is None and model.pretrained_cfg["crop_pct"] == 0.95
+    model.zoo_name = "lowformer-b9"
+    assert timm.data.resolve_model_data_config(model)["input_size"] == (3, 224, 224)
+
+
 def test_assigned_pretrained_cfg_wins_as_in_timm():
     model = _meta("lowformer-b0")
     model.default_cfg = {"input_size": (3, 160, 160), "crop_pct": 1.0}

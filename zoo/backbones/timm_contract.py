@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..config import ZooConfig
 from ..modeling import ZooModel
 
 # timm's defaults (timm.data.constants), which timm's resolve_data_config falls back to.
@@ -44,7 +45,7 @@ class TimmBackbone(ZooModel):
     classifier_name: ClassVar[str]
     preprocess: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(self, config):
+    def __init__(self, config: ZooConfig):
         super().__init__(config)
         self.grad_checkpointing = False
         self._pretrained_cfg: dict[str, Any] | None = None
@@ -64,10 +65,10 @@ class TimmBackbone(ZooModel):
         cfg = {"architecture": self.zoo_name or self.family, "tag": None, **DEFAULT_PREPROCESS, **self.preprocess}
         try:
             entry = get_entry(self.zoo_name) if self.zoo_name else None
-        except UnknownModelError:  # saved by a zoo that registered a name this one does not
-            entry = None
-        if entry is not None and entry.sources:
-            source = entry.source(self.zoo_tag)
+            source = entry.source(self.zoo_tag) if entry is not None and entry.sources else None
+        except UnknownModelError:  # saved by a zoo that registered a name or tag this one does not
+            entry = source = None
+        if source is not None:
             cfg.update(tag=source.tag, hf_hub_id=source.hub_id, license=source.license, **source.preprocess)
         elif entry is not None and entry.default_input is not None and "pixel_values" in entry.default_input.tensors:
             cfg["input_size"] = entry.default_input.tensors["pixel_values"].shape
@@ -92,7 +93,8 @@ class TimmBackbone(ZooModel):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Parameter groups in timm's format, in depth order: the stem, then each block (stage with `coarse`);
         unmatched parameters (the head) come last. timm's layer-wise LR decay reads it."""
-        return {"stem": self.stem_pattern, "blocks": [(self.coarse_block_pattern if coarse else self.block_pattern, None)]}
+        blocks = self.coarse_block_pattern if coarse else self.block_pattern
+        return {"stem": self.stem_pattern, "blocks": [(blocks, None)]}
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names that get no weight decay beyond timm's own rule (1-D parameters and biases): none
@@ -119,7 +121,7 @@ class TimmBackbone(ZooModel):
         return self.get_submodule(self.classifier_name)
 
 
-def _recompute_contexts(block: nn.Module) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+def _recompute_contexts(block: nn.Module) -> tuple[contextlib.AbstractContextManager, ...]:
     """Checkpoint's (forward, recompute) contexts: the recomputation leaves batch-norm statistics as the forward
     left them, so that they are updated once per step, as without checkpointing."""
     return contextlib.nullcontext(), _kept_norm_statistics(block)
