@@ -52,7 +52,7 @@ def create(
             converter = family.converter(source.format)
         hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter)
         model.eval()
-    model.zoo_name = entry.name
+    model.zoo_name, model.zoo_tag = entry.name, tag
     return model.to(device=device, dtype=target_dtype)
 
 
@@ -96,7 +96,7 @@ def from_pretrained(
         model = model_family.model_cls(config)
     state_dict = hub.load_state_dict(weights_folder)
     hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter)
-    model.zoo_name = published_config.get("zoo_name")
+    model.zoo_name, model.zoo_tag = published_config.get("zoo_name"), published_config.get("zoo_tag")
     return model.eval().to(device=device, dtype=target_dtype)
 
 

@@ -383,8 +383,8 @@ def save_pretrained(
     if split.is_sharded:
         index = {"metadata": {**split.metadata, "zoo_version": __version__}, "weight_map": split.tensor_to_filename}
         (folder / SAFETENSORS_INDEX_NAME).write_text(json.dumps(index, indent=2))
-    config = {"zoo_family": model.family, "zoo_name": model.zoo_name, "zoo_version": __version__,
-              **model.config.to_dict()}
+    config = {"zoo_family": model.family, "zoo_name": model.zoo_name, "zoo_tag": model.zoo_tag,
+              "zoo_version": __version__, **model.config.to_dict()}
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     (folder / "README.md").write_text(render_model_card(model, repo_id=repo_id, card_data=card_data))
     return folder

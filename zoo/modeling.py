@@ -14,7 +14,8 @@ class ZooModel(nn.Module):
     """An `nn.Module` built from a `ZooConfig`, which saves and pushes itself in zoo's format.
 
     Subclasses set `config_class`; `register_family` sets `family`. `zoo_name` is the registered name
-    the model was created from, when there is one (it picks the model card's facts).
+    the model was created from, when there is one (it picks the model card's facts), and `zoo_tag` the tag of
+    its published source (None: the name's first one).
     """
 
     config_class: ClassVar[type[ZooConfig]]
@@ -26,6 +27,7 @@ class ZooModel(nn.Module):
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
         self.zoo_name: str | None = None
+        self.zoo_tag: str | None = None
 
     def save_pretrained(
         self, save_directory: str | Path, max_shard_size: int | str = "5GB", card_data: dict[str, Any] | None = None

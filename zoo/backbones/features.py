@@ -33,8 +33,10 @@ def run_stages(
     indices: int | Sequence[int] | None,
     intermediates_only: bool,
     output: Callable[[Tensor], Tensor] = lambda t: t,
+    run: Callable[[nn.Module, Tensor], Tensor] = lambda stage, t: stage(t),
 ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-    """The body of `forward_intermediates`: run `x` through `stages`, keeping `output(x)` after those in `indices`.
+    """The body of `forward_intermediates`: run `x` through `stages` (each by `run(stage, x)`), keeping `output(x)`
+    after those in `indices`.
 
     Returns the kept maps alone with `intermediates_only` (stopping after the last one asked for), otherwise
     `(output of the last stage, maps)`.
@@ -43,7 +45,7 @@ def run_stages(
     last = wanted[-1] if intermediates_only else len(stages) - 1
     maps = []
     for index, stage in enumerate(stages[: last + 1]):
-        x = stage(x)
+        x = run(stage, x)
         if index in wanted:
             maps.append(output(x))
     return maps if intermediates_only else (output(x), maps)

@@ -22,11 +22,11 @@ from torch import Tensor, nn
 
 from ..config import ZooConfig
 from ..errors import ConfigError
-from ..modeling import ZooModel
 from ..registry import (
     Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model, rename_keys,
 )
 from .features import run_stages
+from .timm_contract import TimmBackbone
 
 
 @dataclasses.dataclass
@@ -198,14 +198,21 @@ class LowFormerBlock(nn.Module):
         return self.local(self.mlp(self.attn(x)))
 
 
-class LowFormer(ZooModel):
+class LowFormer(TimmBackbone):
     """LowFormer classifier: pixel_values (B, in_chans, H, W) -> logits (B, num_classes).
 
     `forward_features` gives (B, widths[-1], H/32, W/32); `forward_intermediates` the four stage maps
-    at strides 4, 8, 16, 32 (described by `feature_info`) for dense tasks.
+    at strides 4, 8, 16, 32 (described by `feature_info`) for dense tasks. Grad checkpointing recomputes
+    each block of the stages.
     """
 
     config_class = LowFormerConfig
+    stem_pattern = r"^stem\.\d+"
+    block_pattern = r"^stages\.(\d+)\.(\d+)"
+    coarse_block_pattern = r"^stages\.(\d+)"
+    first_conv = "stem.0.conv"
+    classifier_name = "classifier"
+    preprocess = {"crop_pct": 0.95}
 
     def __init__(self, config: LowFormerConfig):
         super().__init__(config)
@@ -256,7 +263,10 @@ class LowFormer(ZooModel):
     def forward_features(self, pixel_values: Tensor) -> Tensor:
         """(B, in_chans, H, W) -> the last stage's map (B, widths[-1], H/32, W/32)."""
         self._check_input(pixel_values)
-        return self.stages(self.stem(pixel_values))
+        x = self.stem(pixel_values)
+        for stage in self.stages:
+            x = self.run_blocks(stage, x)
+        return x
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """(B, widths[-1], h, w) -> logits (B, num_classes), or the pooled pre-logits (B, head_widths[1])."""
@@ -277,10 +287,7 @@ class LowFormer(ZooModel):
         `(forward_features output, maps)`.
         """
         self._check_input(pixel_values)
-        return run_stages(self.stem(pixel_values), self.stages, indices, intermediates_only)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
+        return run_stages(self.stem(pixel_values), self.stages, indices, intermediates_only, run=self.run_blocks)
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised classifier for `num_classes` (0: none; forward returns pre-logits)."""

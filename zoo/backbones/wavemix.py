@@ -23,11 +23,11 @@ from torch import Tensor, nn
 from ..config import ZooConfig
 from ..errors import ConfigError
 from ..layers.wavelet import haar_dwt2d_concat
-from ..modeling import ZooModel
 from ..registry import (
     Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model, rename_keys,
 )
 from .features import run_stages
+from .timm_contract import TimmBackbone
 
 STEMS = ("patchify", "strided")
 
@@ -233,16 +233,22 @@ def _channels_last_on_cpu(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
 
 
-class WaveMix(ZooModel):
+class WaveMix(TimmBackbone):
     """WaveMix: pixel_values (B, in_chans, H, W) -> logits (B, num_classes), or for segmentation
     (B, num_classes, 4H / r, 4W / r), the input size with the published stems (r = 4). H and W must be
     multiples of the stem's downsampling r times 2**levels.
 
     `forward_features` gives (B, dim, H / r, W / r) with r the stem's downsampling; `forward_intermediates`
-    gives the output of any of the blocks (all of that shape), described by `feature_info`.
+    gives the output of any of the blocks (all of that shape), described by `feature_info`. Grad checkpointing
+    recomputes each block.
     """
 
     config_class = WaveMixConfig
+    stem_pattern = r"^stem\."
+    block_pattern = coarse_block_pattern = r"^blocks\.(\d+)"
+    first_conv = "stem.0"
+    classifier_name = "head.fc"
+    preprocess = {"crop_pct": 1.0}  # the repo's timm config
 
     def __init__(self, config: WaveMixConfig):
         super().__init__(config)
@@ -283,7 +289,7 @@ class WaveMix(ZooModel):
     def forward_features(self, pixel_values: Tensor) -> Tensor:
         """(B, in_chans, H, W) -> (B, dim, H / r, W / r), r the stem's downsampling."""
         self._check_input(pixel_values)
-        return self.blocks(self.stem(_channels_last_on_cpu(pixel_values))).contiguous()
+        return self.run_blocks(self.blocks, self.stem(_channels_last_on_cpu(pixel_values))).contiguous()
 
     def forward_head(self, features: Tensor, pre_logits: bool = False) -> Tensor:
         """Logits from `forward_features`' output; with `pre_logits` the pooled features (B, dim), or the
@@ -303,10 +309,7 @@ class WaveMix(ZooModel):
         """
         self._check_input(pixel_values)
         x = self.stem(_channels_last_on_cpu(pixel_values))
-        return run_stages(x, self.blocks, indices, intermediates_only, output=Tensor.contiguous)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
+        return run_stages(x, self.blocks, indices, intermediates_only, output=Tensor.contiguous, run=self.run_block)
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised classifier for `num_classes` (0: none; forward returns pre-logits)."""
