@@ -47,7 +47,7 @@ class LlamaConfig(ZooConfig):
             raise ConfigError(f"LlamaConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                               f"({self.num_attention_heads}), or head_dim set.")
         if self.resolved_head_dim % 2:
-            raise ConfigError(f"LlamaConfig head size must be even for rotary embeddings, got {self.resolved_head_dim}.")
+            raise ConfigError(f"LlamaConfig head size must be even (rotary embeddings), got {self.resolved_head_dim}.")
         unknown = set(self.rope_scaling or ()) - {f.name for f in dataclasses.fields(Llama3RopeScaling)}
         if unknown:
             raise ConfigError(f"LlamaConfig.rope_scaling has unknown key(s) {sorted(unknown)}; it takes the fields "

@@ -89,7 +89,7 @@ class ZImageConfig(ZooConfig):
                 f"sum(axes_dims) = {sum(self.axes_dims)}."
             )
         if any(d % 2 for d in self.axes_dims):
-            raise ConfigError(f"ZImageConfig.axes_dims must be even (rotary channels come in pairs), got {self.axes_dims}.")
+            raise ConfigError(f"ZImageConfig.axes_dims must be even (rotary channels pair up), got {self.axes_dims}.")
 
 
 def clamp_fp16(x: torch.Tensor) -> torch.Tensor:
