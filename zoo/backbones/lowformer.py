@@ -157,11 +157,13 @@ class ConvAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
         qkv = self.pwise(self.conv_proj(x))
-        batch, _, grid_height, grid_width = qkv.shape
-        # (B, heads * [q | k | v] * head_dim, h, w) -> q, k, v of shape (B, heads, h * w, head_dim)
-        q, k, v = qkv.reshape(batch, self.num_heads, 3 * self.head_dim, -1).transpose(-1, -2).chunk(3, dim=-1)
+        grid_height, grid_width = qkv.shape[-2:]
+        # (B, heads * [q | k | v] * head_dim, h, w) -> q, k, v of shape (B, heads, h * w, head_dim); no -1 in
+        # the shapes, which an empty batch would leave undetermined.
+        qkv = qkv.unflatten(1, (self.num_heads, 3 * self.head_dim)).flatten(3)
+        q, k, v = qkv.transpose(-1, -2).chunk(3, dim=-1)
         out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(-1, -2).reshape(batch, -1, grid_height, grid_width)
+        out = out.transpose(-1, -2).flatten(1, 2).unflatten(-1, (grid_height, grid_width))
         # A transposed conv overshoots odd sizes by one row/column.
         return self.upsampling(out)[..., :height, :width]
 

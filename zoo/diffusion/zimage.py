@@ -237,6 +237,8 @@ class ZImageTransformer(ZooModel):
         Returns B tensors shaped like the latents.
         """
         self._check_inputs(x, t, cap_feats)
+        if not len(x):
+            return []
         p, pf, device = self.config.patch_size, self.config.frame_patch_size, x[0].device
         frequencies = timestep_embedding(
             t.expand(len(x)) * self.config.t_scale, FREQUENCY_DIM, flip_sin_to_cos=True, downscale_freq_shift=0
@@ -285,7 +287,7 @@ class ZImageTransformer(ZooModel):
     def _check_inputs(self, x: Sequence[torch.Tensor], t: torch.Tensor, cap_feats: Sequence[torch.Tensor]) -> None:
         config = self.config
         p, pf, channels = config.patch_size, config.frame_patch_size, config.in_channels
-        if not len(x) or len(x) != len(cap_feats) or t.shape not in ((len(x),), ()):
+        if len(x) != len(cap_feats) or t.shape not in ((len(x),), ()):
             raise ValueError(
                 f"expected B latents, B caption features and t of shape (B,), got {len(x)} latents, "
                 f"{len(cap_feats)} caption features and t of shape {tuple(t.shape)}"

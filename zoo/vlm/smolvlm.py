@@ -79,7 +79,7 @@ class SmolVLM(ZooModel):
             raise ValueError(f"pixel_values must be (B, num_tiles, 3, H, W), got {tuple(pixel_values.shape)}")
         tiles = pixel_values.flatten(0, 1)
         real = tiles.flatten(1).ne(0).any(dim=1)
-        real[0] |= ~real.any()
+        real[:1] |= ~real.any()  # a slice: an empty batch has no tile 0
         tiles = tiles[real]
         p = self.config.vision.patch_size
         if pixel_attention_mask is None:
