@@ -38,8 +38,8 @@ def trainer(tmp_path, **settings):
     (dict(mixed_precision="fp16"), ConfigError, "fp16 needs a CUDA GPU"),
     (dict(lora_rank=4), ConfigError, "No Linear layer of LowFormer is named q_proj"),
     (dict(gradient_checkpointing=True), ConfigError, "does not support gradient checkpointing"),
-    (dict(model="smolvlm-tiny", task="vlm-sft", model_options={"text": {"vocab_size": 100}}), ConfigError,
-     "The tokenizer has 300 tokens but 'smolvlm-tiny' has a vocabulary of 100"),
+    (dict(model="smolvlm-tiny", task="vlm-sft", model_options={"text": {"vocab_size": 299}}), ConfigError,
+     "The tokenizer has 300 tokens but 'smolvlm-tiny' has a vocabulary of 299"),
     (dict(model="smolvlm-tiny", task="vlm-sft", model_options={"image_token_id": 5}), ConfigError,
      "expects image_token_id=5; build the model with image_token_id=298"),
 ])
