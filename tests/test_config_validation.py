@@ -77,6 +77,7 @@ class _Config(ZooConfig):
     mode: Literal["a", "b"] = "a"
     sizes: tuple[PositiveInt, ...] = (1, 2)
     pair: tuple[int, int] = (1, 2)
+    anything: tuple = ()
     optional: PositiveInt | None = None
     table: dict[str, float] | None = None
     inner: _Inner = dataclasses.field(default_factory=_Inner)
@@ -108,9 +109,10 @@ def test_type_and_range_checks(overrides, message):
 
 
 def test_accepted_values_are_normalised():
-    config = _Config.from_dict({"scale": 2, "sizes": [3, 4], "pair": [5, 6], "optional": 7, "table": {"a": 1},
-                                "inner": {"size": 8}, "mode": "b"})
+    config = _Config.from_dict({"scale": 2, "sizes": [3, 4], "pair": [5, 6], "anything": ["a", 1], "optional": 7,
+                                "table": {"a": 1}, "inner": {"size": 8}, "mode": "b"})
     assert config.scale == 2 and config.sizes == (3, 4) and config.pair == (5, 6)  # an int is fine for a float
+    assert config.anything == ("a", 1)
     assert config.inner == _Inner(8) and config.optional == 7 and config.table == {"a": 1}
     assert _Config.from_dict(config.to_dict()) == config
 

@@ -151,9 +151,11 @@ def _check(hint: Any, value: Any) -> Any:
         if any(type(value) is type(option) and value == option for option in args):
             return value
         raise _Mismatch
-    if origin is tuple:
+    if tuple in (origin, hint):
         if not isinstance(value, (tuple, list)):
             raise _Mismatch
+        if not args:
+            return tuple(value)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_check(args[0], item) for item in value)
         if len(value) != len(args):
