@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -240,3 +241,59 @@ def test_model_without_registered_name_still_saves(tmp_path):
     folder = model.save_pretrained(tmp_path)
     assert "# toy" in (folder / "README.md").read_text()
     _assert_same_weights(model, zoo.from_pretrained(folder))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoint dtypes (issue 17, bug 6)
+
+
+def _floating_dtypes(model: torch.nn.Module) -> set[torch.dtype]:
+    return {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
+
+
+def _mixed_checkpoint(folder: Path, dominant: torch.dtype, odd: torch.dtype, odd_key: str = "head.bias") -> Path:
+    """A saved toy-base whose tensors are all `dominant` but one, `odd_key`, in `odd`."""
+    model = zoo.create("toy-base")
+    folder = model.save_pretrained(folder)
+    state = {k: v.to(odd if k == odd_key else dominant) for k, v in model.state_dict().items()}
+    save_file(state, folder / "model.safetensors")
+    return folder
+
+
+@pytest.mark.parametrize(("dominant", "odd"), [(torch.float32, torch.float16), (torch.bfloat16, torch.float32)])
+def test_mixed_dtype_checkpoint_loads_in_its_dominant_dtype(tmp_path, dominant, odd, hf_cache, offline):
+    from tests.hub_server import populate_cache
+
+    folder = _mixed_checkpoint(tmp_path / "mixed", dominant, odd)
+    populate_cache(hf_cache, "zoo-test/toy-base", folder)
+    x = torch.randn(2, 8, dtype=dominant)
+    for model in (zoo.from_pretrained(folder), zoo.create("toy-base", checkpoint_path=folder),
+                  zoo.create("toy-base", pretrained=True)):
+        assert _floating_dtypes(model) == {dominant}  # the rebuilt buffer `scale` too
+        assert model(x).dtype == dominant
+
+
+def test_checkpoint_is_cast_to_the_dtype_asked_for(tmp_path):
+    folder = _mixed_checkpoint(tmp_path, torch.float32, torch.float16)
+    for model in (zoo.from_pretrained(folder, dtype="bfloat16"),
+                  zoo.create("toy-base", checkpoint_path=folder, dtype=torch.bfloat16)):
+        assert _floating_dtypes(model) == {torch.bfloat16}
+        assert model(torch.randn(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_integer_tensor_for_a_float_parameter_names_the_key(tmp_path):
+    folder = _mixed_checkpoint(tmp_path, torch.float32, torch.int8, odd_key="layers.1.weight")
+    message = r"1 tensor\(s\) of the wrong kind .*: layers\.1\.weight \(int8 for float32\)\. Quantized checkpoints"
+    with pytest.raises(zoo.CheckpointError, match=message):
+        zoo.from_pretrained(folder)
+    with pytest.raises(zoo.CheckpointError, match=message):
+        zoo.create("toy-base", checkpoint_path=folder / "model.safetensors")
+
+
+def test_float_tensor_for_an_integer_buffer_names_the_key(tmp_path):
+    folder = zoo.create("lowformer-tiny").save_pretrained(tmp_path)
+    state = hub.load_state_dict(folder)
+    key = next(k for k in state if k.endswith("num_batches_tracked"))
+    save_file({**state, key: state[key].float()}, folder / "model.safetensors")
+    with pytest.raises(zoo.CheckpointError, match=rf"{re.escape(key)} \(float32 for int64\)"):
+        zoo.from_pretrained(folder)

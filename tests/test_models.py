@@ -52,6 +52,44 @@ def test_tiny_forward_and_backward(name):
     assert not without_grad, f"no gradient for {without_grad[:10]}"
 
 
+def _assert_empty_batch_of(empty, reference) -> None:
+    """`empty` is `reference` (a batch of one) with batch size 0: tensors (0, ...), lists of items empty."""
+    if isinstance(reference, torch.Tensor):
+        assert isinstance(empty, torch.Tensor) and empty.shape == (0, *reference.shape[1:]), (empty, reference.shape)
+    elif isinstance(reference, list):
+        assert empty == []
+    elif dataclasses.is_dataclass(reference):
+        for field in dataclasses.fields(reference):
+            _assert_empty_batch_of(getattr(empty, field.name), getattr(reference, field.name))
+    elif isinstance(reference, dict):
+        assert empty.keys() == reference.keys()
+        for key in reference:
+            _assert_empty_batch_of(empty[key], reference[key])
+    elif isinstance(reference, tuple):
+        assert isinstance(empty, tuple) and len(empty) == len(reference)
+        for item, reference_item in zip(empty, reference):
+            _assert_empty_batch_of(item, reference_item)
+    else:
+        assert empty == reference
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_tiny_empty_batch_gives_empty_output(name, training):
+    torch.manual_seed(0)
+    model = zoo.create(name).train(training)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        try:
+            empty = model(**_inputs(name, model, batch_size=0))
+        except zoo.InputError as error:  # the other acceptable answer: a clear error
+            assert "empty" in str(error)
+            return
+        unchanged = [torch.equal(state[k], v) for k, v in model.state_dict().items() if v.is_floating_point()]
+        _assert_empty_batch_of(empty, model(**_inputs(name, model, batch_size=1)))
+    assert all(unchanged), "an empty batch changed the model's state (e.g. BatchNorm running statistics)"
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_save_and_reload_bit_identical(name, tmp_path):
     torch.manual_seed(0)

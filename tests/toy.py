@@ -11,18 +11,18 @@ import re
 import torch
 from torch import nn
 
-from zoo.config import ZooConfig
+from zoo.config import PositiveInt, ZooConfig
 from zoo.modeling import ZooModel
 from zoo.registry import Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model
 
 
 @dataclasses.dataclass
 class ToyConfig(ZooConfig):
-    in_features: int = 8
-    hidden: int = 16
-    num_layers: int = 2
-    num_classes: int = 3
-    widths: tuple[int, ...] = (1, 2)
+    in_features: PositiveInt = 8
+    hidden: PositiveInt = 16
+    num_layers: PositiveInt = 2
+    num_classes: PositiveInt = 3
+    widths: tuple[PositiveInt, ...] = (1, 2)
 
 
 class ToyModel(ZooModel):

@@ -30,7 +30,8 @@ def create(
     `pretrained=True` downloads the source selected by the name's tag (``name.tag``; the first source
     for a bare name), converts its keys and loads it strictly. `checkpoint_path` loads a local file or
     folder instead, its format recognised from its keys. `dtype` defaults to float32 for random weights
-    and to the checkpoint's own dtype for loaded ones. Loaded models are returned in eval mode.
+    and, for loaded ones, to the checkpoint's dominant floating dtype (every floating tensor is cast to
+    one dtype). Loaded models are returned in eval mode.
     """
     entry, tag = split_name(name)
     family = get_family(entry.family)
@@ -50,7 +51,7 @@ def create(
             source = entry.source(tag)
             state_dict = hub.load_state_dict(fetch_source(source), source.files)
             converter = family.converter(source.format)
-        hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter)
+        hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter, dtype=target_dtype)
         model.eval()
     model.zoo_name, model.zoo_tag = entry.name, tag
     return model.to(device=device, dtype=target_dtype)
@@ -67,7 +68,8 @@ def from_pretrained(
 
     The family and format are detected from the folder's config (zoo's own marker, `model_type`,
     `_class_name`, `architectures`, timm's `architecture`); `family=` forces the family. Any size loads,
-    not only registered ones. `dtype="auto"` keeps the checkpoint's dtype. Returned in eval mode.
+    not only registered ones. `dtype="auto"` takes the checkpoint's dominant floating dtype (every floating
+    tensor is cast to one dtype). Returned in eval mode.
     """
     target_dtype = _resolve_dtype(dtype)
     local = Path(repo_id_or_dir).expanduser()
@@ -95,7 +97,7 @@ def from_pretrained(
     with torch.device("meta"):
         model = model_family.model_cls(config)
     state_dict = hub.load_state_dict(weights_folder)
-    hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter)
+    hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter, dtype=target_dtype)
     model.zoo_name, model.zoo_tag = published_config.get("zoo_name"), published_config.get("zoo_tag")
     return model.eval().to(device=device, dtype=target_dtype)
 

@@ -315,19 +315,25 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
 # Loading into a model
 
 
-def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converter: Converter | None = None) -> nn.Module:
+def load_weights(
+    model: nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    converter: Converter | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
     """Load `state_dict` strictly into `model` (possibly built on the meta device), adopting its tensors.
 
     Missing, unexpected and wrongly shaped keys are an error listing the first ones and naming the
     converter that produced the keys. Buffers that checkpoints do not hold (rotary tables and the like)
-    are rebuilt by the modules' `init_non_persistent_buffers()`.
+    are rebuilt by the modules' `init_non_persistent_buffers()`. The model ends in one floating dtype:
+    `dtype`, or else the checkpoint's dominant one (by element count).
     """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {expected[k]}"
-        for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape
     ]
     if missing or unexpected or mismatched:
         problems = []
@@ -343,7 +349,8 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converte
             "Check that the model config matches the checkpoint (e.g. the right name or size), "
             "or that the checkpoint comes from a format this family reads."
         )
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    dtype = dtype or _dominant_dtype(state_dict)
+    model.load_state_dict(_cast_like(state_dict, expected, dtype), strict=True, assign=True)
     for module in model.modules():
         if any(b.is_meta for b in module.buffers(recurse=False)) and hasattr(module, "init_non_persistent_buffers"):
             module.init_non_persistent_buffers()
@@ -351,9 +358,41 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], converte
     if left:
         raise RuntimeError(f"{type(model).__name__} left {shorten(left, 5)} on the meta device: "
                            "their module must define init_non_persistent_buffers().")
+    if dtype is not None:
+        model.to(dtype=dtype)  # the rebuilt buffers
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     return model
+
+
+def _dominant_dtype(state_dict: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """The floating dtype holding most of the checkpoint's elements (None if it holds no floating tensor)."""
+    counts: dict[torch.dtype, int] = {}
+    for tensor in state_dict.values():
+        if tensor.is_floating_point():
+            counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    return max(counts, key=counts.__getitem__, default=None)
+
+
+def _cast_like(
+    state_dict: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
+    """Floating tensors in `dtype`, integer ones in the model's own integer dtype; a tensor of the other kind
+    than the model's (e.g. int8 weights of a quantized checkpoint) is an error naming its key."""
+    wrong = [
+        f"{key} ({str(tensor.dtype).removeprefix('torch.')} for {str(expected[key].dtype).removeprefix('torch.')})"
+        for key, tensor in state_dict.items() if tensor.is_floating_point() != expected[key].is_floating_point()
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"The checkpoint holds {len(wrong)} tensor(s) of the wrong kind (integer for floating point or the other "
+            f"way round): {shorten(wrong, 4)}. Quantized checkpoints are not supported: load a floating-point release "
+            f"or dequantize it first."
+        )
+    return {
+        key: tensor.to(dtype if tensor.is_floating_point() and dtype is not None else expected[key].dtype)
+        for key, tensor in state_dict.items()
+    }
 
 
 # ---------------------------------------------------------------------------------------------------

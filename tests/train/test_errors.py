@@ -39,8 +39,8 @@ def trainer(tmp_path, **settings):
     (dict(lora_rank=4), ConfigError, "No Linear layer of LowFormer is named q_proj"),
     (dict(model="smolvlm-tiny", task="vlm-sft", gradient_checkpointing=True), ConfigError,
      "does not support gradient checkpointing"),
-    (dict(model="smolvlm-tiny", task="vlm-sft", model_options={"text": {"vocab_size": 100}}), ConfigError,
-     "The tokenizer has 300 tokens but 'smolvlm-tiny' has a vocabulary of 100"),
+    (dict(model="smolvlm-tiny", task="vlm-sft", model_options={"text": {"vocab_size": 299}}), ConfigError,
+     "The tokenizer has 300 tokens but 'smolvlm-tiny' has a vocabulary of 299"),
     (dict(model="smolvlm-tiny", task="vlm-sft", model_options={"image_token_id": 5}), ConfigError,
      "expects image_token_id=5; build the model with image_token_id=298"),
 ])

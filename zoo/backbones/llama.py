@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.config import ZooConfig
+from zoo.config import PositiveFloat, PositiveInt, ZooConfig
+from zoo.errors import ConfigError
 from zoo.layers.attention import Attention, DynamicCache, StaticCache, padding_mask
 from zoo.layers.mlp import SwiGLU
 from zoo.layers.norm import RMSNorm
@@ -24,19 +25,33 @@ from zoo.layers.rotary import Llama3RopeScaling, RotaryEmbedding
 class LlamaConfig(ZooConfig):
     """A Llama-style decoder. `rope_scaling` holds Llama-3.1's "llama3" scaling fields, if any."""
 
-    vocab_size: int = 49152
-    hidden_size: int = 576
-    intermediate_size: int = 1536
-    num_hidden_layers: int = 30
-    num_attention_heads: int = 9
-    num_key_value_heads: int = 3
-    head_dim: int | None = None
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    rope_scaling: dict[str, float] | None = None
-    max_position_embeddings: int = 8192
+    vocab_size: PositiveInt = 49152
+    hidden_size: PositiveInt = 576
+    intermediate_size: PositiveInt = 1536
+    num_hidden_layers: PositiveInt = 30
+    num_attention_heads: PositiveInt = 9
+    num_key_value_heads: PositiveInt = 3
+    head_dim: PositiveInt | None = None
+    rms_norm_eps: PositiveFloat = 1e-5
+    rope_theta: PositiveFloat = 10000.0
+    rope_scaling: dict[str, PositiveFloat] | None = None
+    max_position_embeddings: PositiveInt = 8192
     attention_bias: bool = False
     mlp_bias: bool = False
+
+    def validate(self) -> None:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"LlamaConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                              f"num_key_value_heads ({self.num_key_value_heads}).")
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"LlamaConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                              f"({self.num_attention_heads}), or head_dim set.")
+        if self.resolved_head_dim % 2:
+            raise ConfigError(f"LlamaConfig head size must be even (rotary embeddings), got {self.resolved_head_dim}.")
+        unknown = set(self.rope_scaling or ()) - {f.name for f in dataclasses.fields(Llama3RopeScaling)}
+        if unknown:
+            raise ConfigError(f"LlamaConfig.rope_scaling has unknown key(s) {sorted(unknown)}; it takes the fields "
+                              f"of Llama3RopeScaling.")
 
     @property
     def resolved_head_dim(self) -> int:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import Annotated, Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ZooConfig
+from ..config import NonNegativeInt, PositiveFloat, PositiveInt, Probability, Range, ZooConfig
 from ..errors import ConfigError
 from ..registry import (
     Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model, rename_keys,
@@ -38,21 +38,21 @@ class LowFormerConfig(ZooConfig):
     off (E1/E2 have neither, E3 no MLP); `head_widths` are the head's 1x1 conv and pre-logits widths.
     """
 
-    widths: tuple[int, ...] = (16, 32, 64, 128, 256)
-    depths: tuple[int, ...] = (0, 1, 1, 3, 4)
-    head_widths: tuple[int, ...] = (1536, 1600)
-    expand_ratio: float = 4.0
-    stem_expand_ratio: float = 2.0
-    downsample_expand_ratio: float = 4.0
+    widths: tuple[PositiveInt, ...] = (16, 32, 64, 128, 256)
+    depths: tuple[NonNegativeInt, ...] = (0, 1, 1, 3, 4)
+    head_widths: tuple[PositiveInt, ...] = (1536, 1600)
+    expand_ratio: PositiveFloat = 4.0
+    stem_expand_ratio: PositiveFloat = 2.0
+    downsample_expand_ratio: PositiveFloat = 4.0
     attention: bool = True
     mlp: bool = True
-    mlp_ratio: int = 4
-    in_chans: int = 3
-    num_classes: int = 1000
-    drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
+    mlp_ratio: PositiveInt = 4
+    in_chans: PositiveInt = 3
+    num_classes: NonNegativeInt = 1000
+    drop_rate: Probability = 0.0
+    drop_path_rate: Annotated[float, Range(ge=0, lt=1)] = 0.0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if len(self.widths) != 5 or len(self.depths) != 5:
             raise ConfigError(
                 f"LowFormer needs 5 widths and 5 depths (stem, then four stages), got widths={self.widths}, "
@@ -62,6 +62,8 @@ class LowFormerConfig(ZooConfig):
             raise ConfigError(f"Stages 1 and 2 start with their downsampling block: depth >= 1, got {self.depths}.")
         if len(self.head_widths) != 2:
             raise ConfigError(f"head_widths are (conv width, pre-logits width), got {self.head_widths}.")
+        if self.attention and min(self.widths[3:]) < 2:
+            raise ConfigError(f"Attention halves the widths of stages 3 and 4: they must be >= 2, got {self.widths}.")
 
 
 def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
@@ -155,11 +157,13 @@ class ConvAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
         qkv = self.pwise(self.conv_proj(x))
-        batch, _, grid_height, grid_width = qkv.shape
-        # (B, heads * [q | k | v] * head_dim, h, w) -> q, k, v of shape (B, heads, h * w, head_dim)
-        q, k, v = qkv.reshape(batch, self.num_heads, 3 * self.head_dim, -1).transpose(-1, -2).chunk(3, dim=-1)
+        grid_height, grid_width = qkv.shape[-2:]
+        # (B, heads * [q | k | v] * head_dim, h, w) -> q, k, v of shape (B, heads, h * w, head_dim); no -1 in
+        # the shapes, which an empty batch would leave undetermined.
+        qkv = qkv.unflatten(1, (self.num_heads, 3 * self.head_dim)).flatten(3)
+        q, k, v = qkv.transpose(-1, -2).chunk(3, dim=-1)
         out = F.scaled_dot_product_attention(q, k, v)
-        out = out.transpose(-1, -2).reshape(batch, -1, grid_height, grid_width)
+        out = out.transpose(-1, -2).flatten(1, 2).unflatten(-1, (grid_height, grid_width))
         # A transposed conv overshoots odd sizes by one row/column.
         return self.upsampling(out)[..., :height, :width]
 

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.config import ZooConfig
+from zoo.config import PositiveFloat, PositiveInt, ZooConfig
+from zoo.errors import ConfigError
 from zoo.layers.attention import Attention
 from zoo.layers.mlp import Mlp
 from zoo.layers.norm import LayerNorm
@@ -24,14 +25,22 @@ from zoo.layers.norm import LayerNorm
 
 @dataclasses.dataclass
 class SiglipVisionConfig(ZooConfig):
-    hidden_size: int = 768
-    intermediate_size: int = 3072
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    num_channels: int = 3
-    image_size: int = 512
-    patch_size: int = 16
-    layer_norm_eps: float = 1e-6
+    hidden_size: PositiveInt = 768
+    intermediate_size: PositiveInt = 3072
+    num_hidden_layers: PositiveInt = 12
+    num_attention_heads: PositiveInt = 12
+    num_channels: PositiveInt = 3
+    image_size: PositiveInt = 512
+    patch_size: PositiveInt = 16
+    layer_norm_eps: PositiveFloat = 1e-6
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"SiglipVisionConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                              f"num_attention_heads ({self.num_attention_heads}).")
+        if self.patch_size > self.image_size:
+            raise ConfigError(f"SiglipVisionConfig.patch_size ({self.patch_size}) must be at most image_size "
+                              f"({self.image_size}).")
 
     @property
     def patches_per_side(self) -> int:

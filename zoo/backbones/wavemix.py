@@ -15,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Collection, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ZooConfig
+from ..config import NonNegativeInt, PositiveInt, Probability, ZooConfig
 from ..errors import ConfigError
 from ..layers.wavelet import haar_dwt2d_concat
 from ..registry import (
@@ -28,8 +29,6 @@ from ..registry import (
 )
 from .features import run_stages
 from .timm_contract import TimmBackbone
-
-STEMS = ("patchify", "strided")
 
 
 @dataclasses.dataclass
@@ -42,26 +41,22 @@ class WaveMixConfig(ZooConfig):
     level MLPs (0.5 in every published config).
     """
 
-    dim: int = 192
-    depth: int = 16
-    levels: int = 3
-    mlp_ratio: int = 2
-    ff_dim: int = 192
-    stem: str = "patchify"
-    patch_size: int = 4
-    stem_stride: int = 2
-    in_chans: int = 3
-    num_classes: int = 1000
-    segmentation_widths: tuple[int, ...] = ()
-    dropout: float = 0.5
+    dim: PositiveInt = 192
+    depth: PositiveInt = 16
+    levels: PositiveInt = 3
+    mlp_ratio: PositiveInt = 2
+    ff_dim: PositiveInt = 192
+    stem: Literal["patchify", "strided"] = "patchify"
+    patch_size: PositiveInt = 4
+    stem_stride: PositiveInt = 2
+    in_chans: PositiveInt = 3
+    num_classes: NonNegativeInt = 1000
+    segmentation_widths: tuple[PositiveInt, ...] = ()
+    dropout: Probability = 0.5
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.dim % 4:
             raise ConfigError(f"WaveMix needs dim divisible by 4 (its blocks reduce to dim / 4), got dim={self.dim}.")
-        if self.levels < 1:
-            raise ConfigError(f"WaveMix needs levels >= 1, got {self.levels}.")
-        if self.stem not in STEMS:
-            raise ConfigError(f"stem must be one of {STEMS}, got '{self.stem}'.")
         if len(self.segmentation_widths) not in (0, 2):
             raise ConfigError(f"segmentation_widths are two upsampling widths, got {self.segmentation_widths}.")
 

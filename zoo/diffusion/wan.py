@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from zoo.config import ZooConfig
+from zoo.config import PositiveFloat, PositiveInt, ZooConfig
 from zoo.errors import ConfigError
 from zoo.layers.attention import Attention, scaled_dot_product
 from zoo.layers.embed import PatchEmbed, TimestepEmbedding, timestep_embedding
@@ -53,18 +53,25 @@ class WanConfig(ZooConfig):
     image_dim: width of the CLIP image tokens of the Wan2.1 I2V image branch (1280); None: no branch.
     """
 
-    in_channels: int = 16
-    out_channels: int = 16
-    dim: int = 1536
-    ffn_dim: int = 8960
-    num_heads: int = 12
-    num_layers: int = 30
-    patch_size: tuple[int, int, int] = (1, 2, 2)
-    text_dim: int = 4096
-    freq_dim: int = 256
-    image_dim: int | None = None
+    in_channels: PositiveInt = 16
+    out_channels: PositiveInt = 16
+    dim: PositiveInt = 1536
+    ffn_dim: PositiveInt = 8960
+    num_heads: PositiveInt = 12
+    num_layers: PositiveInt = 30
+    patch_size: tuple[PositiveInt, PositiveInt, PositiveInt] = (1, 2, 2)
+    text_dim: PositiveInt = 4096
+    freq_dim: PositiveInt = 256
+    image_dim: PositiveInt | None = None
     cross_attn_norm: bool = True
-    eps: float = 1e-6
+    eps: PositiveFloat = 1e-6
+
+    def validate(self) -> None:
+        if self.dim % self.num_heads:
+            raise ConfigError(f"WanConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads}).")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise ConfigError(f"WanConfig's head size dim / num_heads must be even and >= 6 (its rotary embedding "
+                              f"splits it over frames, rows and columns), got {self.head_dim}.")
 
     @property
     def head_dim(self) -> int:

@@ -26,7 +26,7 @@ from einops import rearrange
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from zoo.config import ZooConfig
+from zoo.config import NonNegativeInt, PositiveFloat, PositiveInt, ZooConfig
 from zoo.errors import ConfigError
 from zoo.layers.attention import Attention, padding_mask
 from zoo.layers.embed import TimestepEmbedding, timestep_embedding
@@ -66,21 +66,30 @@ class ZImageConfig(ZooConfig):
     other dtypes, nor in float16 where nothing overflows.
     """
 
-    in_channels: int = 16
-    patch_size: int = 2
-    frame_patch_size: int = 1
-    dim: int = 3840
-    num_layers: int = 30
-    num_refiner_layers: int = 2
-    num_heads: int = 30
-    caption_dim: int = 2560
-    norm_eps: float = 1e-5
+    in_channels: PositiveInt = 16
+    patch_size: PositiveInt = 2
+    frame_patch_size: PositiveInt = 1
+    dim: PositiveInt = 3840
+    num_layers: PositiveInt = 30
+    num_refiner_layers: NonNegativeInt = 2
+    num_heads: PositiveInt = 30
+    caption_dim: PositiveInt = 2560
+    norm_eps: PositiveFloat = 1e-5
     qk_norm: bool = True
-    rope_theta: float = 256.0
-    t_scale: float = 1000.0
-    axes_dims: tuple[int, ...] = (32, 48, 48)
-    axes_lens: tuple[int, ...] = (1536, 512, 512)
+    rope_theta: PositiveFloat = 256.0
+    t_scale: PositiveFloat = 1000.0
+    axes_dims: tuple[PositiveInt, PositiveInt, PositiveInt] = (32, 48, 48)
+    axes_lens: tuple[PositiveInt, PositiveInt, PositiveInt] = (1536, 512, 512)
     fp16_clamp: bool = True
+
+    def validate(self) -> None:
+        if self.dim % self.num_heads or self.dim // self.num_heads != sum(self.axes_dims):
+            raise ConfigError(
+                f"ZImageConfig.dim ({self.dim}) must split into num_heads ({self.num_heads}) heads whose size is "
+                f"sum(axes_dims) = {sum(self.axes_dims)}."
+            )
+        if any(d % 2 for d in self.axes_dims):
+            raise ConfigError(f"ZImageConfig.axes_dims must be even (rotary channels pair up), got {self.axes_dims}.")
 
 
 def clamp_fp16(x: torch.Tensor) -> torch.Tensor:
@@ -203,17 +212,6 @@ class ZImageTransformer(ZooModel):
 
     def __init__(self, config: ZImageConfig):
         super().__init__(config)
-        head_dim = config.dim // config.num_heads
-        if config.dim % config.num_heads or head_dim != sum(config.axes_dims):
-            raise ConfigError(
-                f"dim ({config.dim}) must split into num_heads ({config.num_heads}) heads whose size is "
-                f"sum(axes_dims) = {sum(config.axes_dims)}"
-            )
-        if len(config.axes_dims) != 3 or len(config.axes_lens) != 3:
-            raise ConfigError(
-                f"axes_dims and axes_lens give the rotary channels and positions of 3 axes (sequence, row, column), "
-                f"got {config.axes_dims} and {config.axes_lens}"
-            )
         dim, adaln_dim = config.dim, min(config.dim, MAX_ADALN_DIM)
         patch_dim = config.frame_patch_size * config.patch_size**2 * config.in_channels
 
@@ -239,6 +237,8 @@ class ZImageTransformer(ZooModel):
         Returns B tensors shaped like the latents.
         """
         self._check_inputs(x, t, cap_feats)
+        if not len(x):
+            return []
         p, pf, device = self.config.patch_size, self.config.frame_patch_size, x[0].device
         frequencies = timestep_embedding(
             t.expand(len(x)) * self.config.t_scale, FREQUENCY_DIM, flip_sin_to_cos=True, downscale_freq_shift=0
@@ -287,7 +287,7 @@ class ZImageTransformer(ZooModel):
     def _check_inputs(self, x: Sequence[torch.Tensor], t: torch.Tensor, cap_feats: Sequence[torch.Tensor]) -> None:
         config = self.config
         p, pf, channels = config.patch_size, config.frame_patch_size, config.in_channels
-        if not len(x) or len(x) != len(cap_feats) or t.shape not in ((len(x),), ()):
+        if len(x) != len(cap_feats) or t.shape not in ((len(x),), ()):
             raise ValueError(
                 f"expected B latents, B caption features and t of shape (B,), got {len(x)} latents, "
                 f"{len(cap_feats)} caption features and t of shape {tuple(t.shape)}"

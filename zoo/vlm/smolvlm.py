@@ -17,7 +17,8 @@ from torch import nn
 from zoo.backbones.generation import generate
 from zoo.backbones.llama import LlamaConfig, LlamaModel, llama_config_from_transformers
 from zoo.backbones.siglip import SiglipVisionConfig, SiglipVisionTransformer, siglip_config_from_transformers
-from zoo.config import ZooConfig
+from zoo.config import NonNegativeInt, PositiveInt, ZooConfig
+from zoo.errors import ConfigError
 from zoo.layers.attention import DynamicCache, StaticCache
 from zoo.layers.token_reduction import pixel_shuffle_tokens
 from zoo.modeling import ZooModel
@@ -30,10 +31,20 @@ from zoo.registry import (
 class SmolVLMConfig(ZooConfig):
     vision: SiglipVisionConfig = dataclasses.field(default_factory=SiglipVisionConfig)
     text: LlamaConfig = dataclasses.field(default_factory=LlamaConfig)
-    scale_factor: int = 4
-    image_token_id: int = 49190
-    pad_token_id: int = 2
+    scale_factor: PositiveInt = 4
+    image_token_id: NonNegativeInt = 49190
+    pad_token_id: NonNegativeInt = 2
     tie_word_embeddings: bool = False
+
+    def validate(self) -> None:
+        side = self.vision.patches_per_side
+        if side % self.scale_factor:
+            raise ConfigError(f"SmolVLMConfig.scale_factor ({self.scale_factor}) must divide the {side}x{side} patch "
+                              f"grid of a tile (vision image_size // patch_size).")
+        for name in ("image_token_id", "pad_token_id"):
+            if getattr(self, name) >= self.text.vocab_size:
+                raise ConfigError(f"SmolVLMConfig.{name} ({getattr(self, name)}) must be below the text "
+                                  f"vocab_size ({self.text.vocab_size}).")
 
     @property
     def image_seq_len(self) -> int:
@@ -48,11 +59,6 @@ class SmolVLM(ZooModel):
 
     def __init__(self, config: SmolVLMConfig):
         super().__init__(config)
-        if config.vision.patches_per_side % config.scale_factor:
-            raise ValueError(
-                f"the {config.vision.patches_per_side}x{config.vision.patches_per_side} patch grid of a tile is not "
-                f"divisible by scale_factor={config.scale_factor}"
-            )
         self.vision_model = SiglipVisionTransformer(config.vision)
         self.connector = nn.Linear(config.vision.hidden_size * config.scale_factor**2, config.text.hidden_size,
                                    bias=False)
@@ -73,7 +79,7 @@ class SmolVLM(ZooModel):
             raise ValueError(f"pixel_values must be (B, num_tiles, 3, H, W), got {tuple(pixel_values.shape)}")
         tiles = pixel_values.flatten(0, 1)
         real = tiles.flatten(1).ne(0).any(dim=1)
-        real[0] |= ~real.any()
+        real[:1] |= ~real.any()  # a slice: an empty batch has no tile 0
         tiles = tiles[real]
         p = self.config.vision.patch_size
         if pixel_attention_mask is None:
