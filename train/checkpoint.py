@@ -209,7 +209,28 @@ def save_torch(obj: Any, path: Path) -> None:
 def load_torch(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete or from another zoo version.")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch reports a cut or damaged file as any of several error types
+        raise CheckpointError(f"{path} cannot be read ({type(error).__name__}): it is truncated or corrupt.") from error
+
+
+def load_resume_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`trainer_state.json` and `training_state.pt` of checkpoint `folder`, after checking that the other files a
+    resume reads (generator states, safetensors weights) are whole; CheckpointError names the first broken file."""
+    from safetensors import SafetensorError, safe_open
+
+    saved = read_state_file(folder)
+    state = load_torch(folder / TRAINING_STATE)
+    for rank in range(saved.get("num_processes", 1)):
+        load_torch(folder / f"rng_state_{rank}.pt")
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt"):  # reads the header and checks that the file holds every tensor it lists
+                pass
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path} cannot be read ({error}): it is truncated or corrupt.") from error
+    return saved, state
 
 
 def write_state_file(folder: Path, values: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.errors import ConfigError, InputError, ZooError
+from zoo.errors import CheckpointError, ConfigError, InputError, ZooError
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -68,6 +68,38 @@ class TrainResult:
     @property
     def losses(self) -> list[float]:
         return [r["loss"] for r in self.history if "loss" in r and "eval" not in r]
+
+
+class LogWindow:
+    """Sums of the per-step metrics since the last metrics.jsonl record. Checkpoints carry it, so the first record
+    after a resume averages the same steps as the uninterrupted run's."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {key: value / self.steps for key, value in self.sums.items()}
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "steps": self.steps, "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums, self.steps = dict(state["sums"]), state["steps"]
+        self.started = time.perf_counter() - state["seconds"]
 
 
 @dataclasses.dataclass
@@ -157,11 +189,27 @@ class Trainer:
                     f"that run, or choose another --output-dir."
                 )
             return None
-        found = ckpt.latest_checkpoint(self.output_dir)
+        found, broken = None, []
+        for _, folder in reversed(existing):  # the newest one that reads back whole
+            try:
+                saved, self._resume_state = ckpt.load_resume_state(folder)
+            except CheckpointError as error:
+                broken.append(str(error))
+                continue
+            found = folder
+            break
+        if broken and found is None:
+            raise CheckpointError(
+                f"Cannot resume: no checkpoint in {self.output_dir} can be read ({'; '.join(broken)}). Delete those "
+                f"checkpoint folders and run again to train from step 0, or start a new run in another --output-dir."
+            )
+        if broken:
+            logger.warning("--resume: skipping the newer checkpoint(s) that cannot be read (%s); resuming from %s",
+                           "; ".join(broken), found.name)
         if found is None:
             logger.warning("--resume: no checkpoint in %s; starting from step 0", self.output_dir)
             return None
-        saved = ckpt.read_state_file(found)
+        self._resumed_metrics = saved.get("metrics") or {}  # the evaluation at its step, if there was one
         mismatches = self.config.resume_mismatches(saved.get("config", {}))
         if mismatches:
             raise ConfigError(
@@ -307,6 +355,10 @@ class Trainer:
             accelerator.load_state(str(self.resume_from / ENGINE_DIR))  # sharded weights and optimizer
         if self.resume_from is not None and accelerator.scaler is not None and self._resume_state["scaler"]:
             accelerator.scaler.load_state_dict(self._resume_state["scaler"])
+        self.window = LogWindow()
+        if self.resume_from is not None and self._resume_state.get("log_window"):
+            self.window.load_state_dict(self._resume_state["log_window"])
+        self._resume_state = None  # loaded: free the optimizer state
 
         pusher = HubPusher(config.push_to_hub, config.hub_private, config.hub_retries) \
             if config.push_to_hub and self.is_main else None
@@ -314,7 +366,8 @@ class Trainer:
         metrics_path = self.output_dir / METRICS_FILE
         if self.is_main:
             ckpt.remove_incomplete(self.output_dir)
-            history = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= start_step] if start_step else []
+            # the log as it was when the checkpoint was written: later records are written again, none twice
+            history = read_jsonl(self.resume_from / METRICS_FILE) if self.resume_from is not None else []
             write_jsonl(metrics_path, history)
             config.to_yaml(self.output_dir / CONFIG_FILE)
         else:
@@ -332,8 +385,7 @@ class Trainer:
         batches = iter(loader)
         progress = self._progress_bar(start_step)
         global_batch = config.batch_size * accelerator.num_processes * accumulation
-        window: dict[str, float] = {}
-        window_start, window_steps = time.perf_counter(), 0
+        window = self.window
         last_checkpoint = self.resume_from
         final_metrics: dict[str, float] = {}
         step = start_step
@@ -369,27 +421,21 @@ class Trainer:
             if not math.isfinite(step_loss):
                 raise ZooError(f"The loss became {step_loss} at step {step}; lower --lr or enable clipping "
                                f"(max_grad_norm). The last checkpoint is {last_checkpoint or 'none'}.")
-            window["loss"] = window.get("loss", 0.0) + step_loss
-            if grad_norm is not None:
-                window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
-            for key, value in step_metrics.items():
-                window[key] = window.get(key, 0.0) + value
-            window_steps += 1
+            window.add({"loss": step_loss, **({} if grad_norm is None else {"grad_norm": float(grad_norm)}),
+                        **step_metrics})
+            samples_per_second = global_batch * window.steps / window.seconds
             if progress is not None:
-                elapsed = time.perf_counter() - window_start
-                progress.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{global_batch * window_steps / elapsed:.1f}",
-                                     refresh=False)
+                progress.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{samples_per_second:.1f}", refresh=False)
                 progress.update(1)
 
             if step % config.log_every == 0 or step == config.max_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, **{k: v / window_steps for k, v in window.items()},
-                          "lr": scheduler.get_last_lr()[0], "samples_per_second": global_batch * window_steps / elapsed,
+                record = {"step": step, **window.means(), "lr": scheduler.get_last_lr()[0],
+                          "samples_per_second": samples_per_second,
                           "epoch": step * global_batch / len(self.train_data), "time": time.time()}
                 if self.is_main:
                     history.append(record)
                     append_jsonl(metrics_path, record)
-                window, window_start, window_steps = {}, time.perf_counter(), 0
+                window.reset()
             if config.eval_every and step % config.eval_every == 0 and step != config.max_steps:
                 self._evaluate(step, history, metrics_path)
             if config.save_every and step % config.save_every == 0 or step == config.max_steps:
@@ -401,7 +447,7 @@ class Trainer:
         if progress is not None:
             progress.close()
         if start_step >= config.max_steps:  # resumed a finished run: nothing to train
-            final_metrics = self._evaluate(step, history, metrics_path)
+            final_metrics = self._resumed_metrics or self._evaluate(step, history, metrics_path)
 
         model_dir = self.output_dir / MODEL_DIR
         curve = self.output_dir / CURVE_FILE
@@ -557,6 +603,7 @@ class Trainer:
                 "scheduler": scheduler.state_dict(),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "ema_n_averaged": self.ema.n_averaged.cpu() if self.ema is not None else None,
+                "log_window": self.window.state_dict(),
             }
             ckpt.save_torch(state, tmp / ckpt.TRAINING_STATE)
             ckpt.write_state_file(tmp, {
@@ -572,7 +619,7 @@ class Trainer:
     def _load_checkpoint(self, folder: Path, model, optimizer, scheduler) -> int:
         from zoo.hub import load_state_dict
 
-        state = ckpt.load_torch(folder / ckpt.TRAINING_STATE)
+        state = self._resume_state
         if not self.sharded:  # sharded runs load their weights and optimizer after prepare (accelerate)
             weights_file = folder / ckpt.TRAINING_WEIGHTS
             trained = load_state_dict(weights_file if weights_file.is_file() else folder)
@@ -584,7 +631,6 @@ class Trainer:
             self.ema.n_averaged.copy_(state["ema_n_averaged"])
         rng_file = folder / f"rng_state_{self.accelerator.process_index}.pt"
         ckpt.set_rng_state(ckpt.load_torch(rng_file))
-        self._resume_state = state
         return int(state["step"])
 
 
