@@ -34,6 +34,8 @@ class TrainConfig:
     over every item of the global batch (answer tokens for vlm-sft), whatever the process count.
     Schedule: linear warmup over `warmup_steps`, then `schedule` down to lr x min_lr_ratio at `max_steps`.
     Checkpoints: every `save_every` steps (0: at the end only), the last `keep_last` kept.
+    Trackers: `report_to` names accelerate's experiment trackers ("tensorboard", "wandb", ..., "all" for every
+    installed one; a comma-separated string or a list) that get the metrics.jsonl records too.
     """
 
     model: str
@@ -76,10 +78,13 @@ class TrainConfig:
     hub_retries: int = 3
     num_workers: int = 0
     progress: bool = True
+    report_to: str | tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         self.lora_targets = tuple(self.lora_targets)
+        names = self.report_to.split(",") if isinstance(self.report_to, str) else self.report_to
+        self.report_to = tuple(name.strip() for name in names if name.strip() not in ("", "none"))
         self.validate()
 
     def validate(self) -> None:
@@ -125,6 +130,16 @@ class TrainConfig:
         for name in ("model_options", "data_options", "task_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a mapping, got {type(getattr(self, name)).__name__}")
+        if self.report_to:
+            from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+            trackers = ["all", *LOGGER_TYPE_TO_CLASS]
+            for name in self.report_to:
+                if name not in trackers:
+                    hint = closest(name, trackers, 1)
+                    raise ConfigError(f"report_to: unknown tracker '{name}'"
+                                      f"{f' (did you mean {hint[0]!r}?)' if hint else ''}. Trackers: "
+                                      f"{', '.join(trackers)}.")
 
     # -----------------------------------------------------------------------------------------------
     # Conversions
@@ -157,6 +172,7 @@ class TrainConfig:
         values = dataclasses.asdict(self)
         values["betas"] = list(self.betas)
         values["lora_targets"] = list(self.lora_targets)
+        values["report_to"] = list(self.report_to)
         return values
 
     def to_yaml(self, path: str | Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -43,6 +44,8 @@ ENGINE_DIR = "engine"  # accelerate.save_state of FSDP / DeepSpeed runs (sharded
 CURVE_FILE = "training_curve.png"
 CONFIG_FILE = "train_config.yaml"
 MODEL_DIR = "model"
+LOGS_DIR = "logs"  # where trackers that write files (tensorboard) put them
+TRACKER_PROJECT = "zoo"
 
 
 @dataclasses.dataclass
@@ -163,10 +166,11 @@ class Trainer:
 
     def _make_accelerator(self):
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
         if self.config.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on CPU.")
+        _check_trackers_installed(self.config.report_to)
         # Processes started by `accelerate launch --multi_gpu` / torchrun on a machine without an accelerator train
         # on CPU with gloo (accelerate only does that when told cpu=True).
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -174,7 +178,10 @@ class Trainer:
         if not launched:
             _forget_accelerator_settings(self.config.mixed_precision)
         return Accelerator(mixed_precision=self.config.mixed_precision, cpu=launched and cpu_only,
-                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+                           log_with=list(self.config.report_to) or None,
+                           project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                               logging_dir=str(self.output_dir / LOGS_DIR)))
 
     @property
     def is_main(self) -> bool:
@@ -334,6 +341,17 @@ class Trainer:
     # -- the run ----------------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
+        """Train, evaluate, save and push; the experiment trackers of `report_to` get every metrics record."""
+        hyperparameters = {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+                           for key, value in self.config.to_dict().items() if value is not None}
+        self.accelerator.init_trackers(TRACKER_PROJECT, config=hyperparameters)
+        try:
+            return self._train()
+        finally:  # what end_training does, without ending the process group (a script may train again)
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+
+    def _train(self) -> TrainResult:
         config, accelerator, task = self.config, self.accelerator, self.task
         started = time.perf_counter()
         model = self.model
@@ -433,8 +451,7 @@ class Trainer:
                           "samples_per_second": samples_per_second,
                           "epoch": step * global_batch / len(self.train_data), "time": time.time()}
                 if self.is_main:
-                    history.append(record)
-                    append_jsonl(metrics_path, record)
+                    self._record(record, history, metrics_path)
                 window.reset()
             if config.eval_every and step % config.eval_every == 0 and step != config.max_steps:
                 self._evaluate(step, history, metrics_path)
@@ -497,11 +514,20 @@ class Trainer:
             model.eval()
             metrics = self.task.evaluate(model, self.eval_data, device=self.accelerator.device)
             model.train(was_training)
-            record = {"step": step, "eval": metrics, "time": time.time()}
-            history.append(record)
-            append_jsonl(metrics_path, record)
+            self._record({"step": step, "eval": metrics, "time": time.time()}, history, metrics_path)
         self.accelerator.wait_for_everyone()
         return metrics
+
+    def _record(self, record: dict[str, Any], history: list[dict], metrics_path: Path) -> None:
+        """Add a metrics record (main process) to the history, metrics.jsonl and the experiment trackers, which get
+        `train/NAME` and `eval/NAME` values (the names of transformers' Trainer)."""
+        history.append(record)
+        append_jsonl(metrics_path, record)
+        if "eval" in record:
+            values = {f"eval/{key}": value for key, value in record["eval"].items()}
+        else:
+            values = {f"train/{key}": value for key, value in record.items() if key not in ("step", "time")}
+        self.accelerator.log(values, step=record["step"])
 
     # -- checkpoints ------------------------------------------------------------------------------------
 
@@ -643,6 +669,17 @@ def _forget_accelerator_settings(mixed_precision: str) -> None:
     if current is not None and str(current) != mixed_precision:
         AcceleratorState._reset_state()
         GradientState._reset_state()
+
+
+def _check_trackers_installed(names: Sequence[str]) -> None:
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    installed = {str(tracker) for tracker in get_available_trackers()}
+    for name in names:
+        if name in LoggerType.list() and name != "all" and name not in installed:
+            package = name.replace("_", "-")
+            raise ConfigError(f"--report-to {name} needs the {package} package: pip install {package}")
 
 
 def _has_other_accelerator() -> bool:
