@@ -71,8 +71,8 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint to resume from: the newest complete one (which `latest` names, unless a run was killed
-    between committing a checkpoint and updating `latest`), or None."""
+    """The newest complete checkpoint (which `latest` names, unless a run was killed between committing a checkpoint
+    and updating `latest`), or None."""
     checkpoints = list_checkpoints(output_dir)
     return checkpoints[-1][1] if checkpoints else None
 
@@ -212,7 +212,7 @@ def load_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch reports a cut or damaged file as any of several error types
-        raise CheckpointError(f"{path} cannot be read ({type(error).__name__}): it is truncated or corrupt.") from error
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(error).__name__}).") from error
 
 
 def load_resume_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -229,7 +229,7 @@ def load_resume_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             with safe_open(path, "pt"):  # reads the header and checks that the file holds every tensor it lists
                 pass
         except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"{path} cannot be read ({error}): it is truncated or corrupt.") from error
+            raise CheckpointError(f"{path} is truncated or corrupt ({error}).") from error
     return saved, state
 
 

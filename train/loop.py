@@ -201,18 +201,17 @@ class Trainer:
             try:
                 saved, self._resume_state = ckpt.load_resume_state(folder)
             except CheckpointError as error:
-                broken.append(str(error))
+                broken.append(f"{folder.name}: {str(error).rstrip('.')}")
                 continue
             found = folder
             break
         if broken and found is None:
             raise CheckpointError(
-                f"Cannot resume: no checkpoint in {self.output_dir} can be read ({'; '.join(broken)}). Delete those "
+                f"Cannot resume: no checkpoint in {self.output_dir} can be used; {'; '.join(broken)}. Delete those "
                 f"checkpoint folders and run again to train from step 0, or start a new run in another --output-dir."
             )
         if broken:
-            logger.warning("--resume: skipping the newer checkpoint(s) that cannot be read (%s); resuming from %s",
-                           "; ".join(broken), found.name)
+            logger.warning("--resume: skipping %s; resuming from %s", "; ".join(broken), found.name)
         if found is None:
             logger.warning("--resume: no checkpoint in %s; starting from step 0", self.output_dir)
             return None

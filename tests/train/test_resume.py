@@ -219,7 +219,8 @@ def test_resume_skips_a_checkpoint_that_does_not_read_back(tmp_path, caplog, bro
         resumed = fit(config(tmp_path, "run", "classification", max_steps=4, save_every=2, resume=True))
     assert resumed.resumed_from.name == "checkpoint-2" and resumed.step == 4
     warning = caplog.text
-    assert f"checkpoint-4/{broken} cannot be read" in warning and "resuming from checkpoint-2" in warning
+    assert f"skipping checkpoint-4: {tmp_path / 'run' / 'checkpoint-4' / broken} is truncated or corrupt" in warning
+    assert "resuming from checkpoint-2" in warning
     assert ckpt.is_complete(tmp_path / "run" / "checkpoint-4")
     assert records(resumed.output_dir / "metrics.jsonl")[-1]["step"] == 4  # the eval of the re-written step 4
 
@@ -229,14 +230,15 @@ def test_resume_with_no_readable_checkpoint_is_a_one_line_error(tmp_path, capsys
     fit(config(tmp_path, "run", "classification", max_steps=4, save_every=2))
     for step in (2, 4):
         truncate(run / f"checkpoint-{step}" / ckpt.TRAINING_STATE)
-    with pytest.raises(CheckpointError, match="no checkpoint in .* can be read"):
+    with pytest.raises(CheckpointError, match="no checkpoint in .* can be used"):
         Trainer(config(tmp_path, "run", "classification", max_steps=4, save_every=2, resume=True))
     code = main(["train", "lowformer-tiny", "--task", "classification", "--output-dir", str(run), "--resume",
                  "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert err.startswith(f"zoo train: error: Cannot resume: no checkpoint in {run} can be read")
-    assert f"checkpoint-4/{ckpt.TRAINING_STATE} cannot be read" in err and "download" not in err
+    assert err.startswith(f"zoo train: error: Cannot resume: no checkpoint in {run} can be used; checkpoint-4: "
+                          f"{run / 'checkpoint-4' / ckpt.TRAINING_STATE} is truncated or corrupt")
+    assert "download" not in err
     assert "Delete those checkpoint folders" in err
 
 
