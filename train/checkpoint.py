@@ -12,11 +12,13 @@ Inside a checkpoint:
                                                      task's extras (processor, tokenizer)
     training_weights.safetensors                     the trained module's own state dict, when it differs from the
                                                      deployed one (EMA, LoRA)
-    training_state.pt                                optimizer, scheduler, grad scaler, EMA count, step
+    training_state.pt                                optimizer, scheduler, grad scaler, EMA count, step, and the
+                                                     metrics of the log window not yet written to metrics.jsonl
     rng_state_<rank>.pt                              Python, NumPy and torch (CPU and CUDA) generator states
     trainer_state.json                               step, metrics and config, for people and tools (written last)
 
-Everything loads with `torch.load(weights_only=True)` or safetensors: resuming executes no pickled code.
+Everything loads with `torch.load(weights_only=True)` or safetensors: resuming executes no pickled code. A resume
+takes the newest checkpoint whose files read back whole (`load_resume_state`).
 """
 
 from __future__ import annotations

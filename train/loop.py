@@ -8,7 +8,8 @@ The loss of an optimizer step is the exact mean over every item of the global ba
 accumulation) and processes are weighted by their item counts, so 1 process with batch 2b and 2 processes with
 batch b follow the same curve. Gradients are synchronised once per step (no_sync on the other micro-batches).
 Everything that decides the next step (weights, optimizer, scheduler, grad scaler, EMA, generator states and the
-data position) is in each checkpoint, so a resumed run ends bit-identical (on CPU) to an uninterrupted one.
+data position) is in each checkpoint, so a resumed run ends bit-identical (on CPU) to an uninterrupted one, with the
+same metrics.jsonl records (bar wall-clock times).
 """
 
 from __future__ import annotations
