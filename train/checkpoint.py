@@ -12,11 +12,13 @@ Inside a checkpoint:
                                                      task's extras (processor, tokenizer)
     training_weights.safetensors                     the trained module's own state dict, when it differs from the
                                                      deployed one (EMA, LoRA)
-    training_state.pt                                optimizer, scheduler, grad scaler, EMA count, step
+    training_state.pt                                optimizer, scheduler, grad scaler, EMA count, step, and the
+                                                     metrics of the log window not yet written to metrics.jsonl
     rng_state_<rank>.pt                              Python, NumPy and torch (CPU and CUDA) generator states
     trainer_state.json                               step, metrics and config, for people and tools (written last)
 
-Everything loads with `torch.load(weights_only=True)` or safetensors: resuming executes no pickled code.
+Everything loads with `torch.load(weights_only=True)` or safetensors: resuming executes no pickled code. A resume
+takes the newest checkpoint whose files read back whole (`load_resume_state`).
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint to resume from: the newest complete one (which `latest` names, unless a run was killed
-    between committing a checkpoint and updating `latest`), or None."""
+    """The newest complete checkpoint (which `latest` names, unless a run was killed between committing a checkpoint
+    and updating `latest`), or None."""
     checkpoints = list_checkpoints(output_dir)
     return checkpoints[-1][1] if checkpoints else None
 
@@ -209,7 +211,28 @@ def save_torch(obj: Any, path: Path) -> None:
 def load_torch(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; the checkpoint is incomplete or from another zoo version.")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch reports a cut or damaged file as any of several error types
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(error).__name__}).") from error
+
+
+def load_resume_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`trainer_state.json` and `training_state.pt` of checkpoint `folder`, after checking that the other files a
+    resume reads (generator states, safetensors weights) are whole; CheckpointError names the first broken file."""
+    from safetensors import SafetensorError, safe_open
+
+    saved = read_state_file(folder)
+    state = load_torch(folder / TRAINING_STATE)
+    for rank in range(saved.get("num_processes", 1)):
+        load_torch(folder / f"rng_state_{rank}.pt")
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt"):  # reads the header and checks that the file holds every tensor it lists
+                pass
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path} is truncated or corrupt ({error}).") from error
+    return saved, state
 
 
 def write_state_file(folder: Path, values: dict[str, Any]) -> None:

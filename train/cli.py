@@ -38,6 +38,8 @@ _FLAGS: dict[str, tuple[str, Any, str]] = {
     "--lora-rank": ("lora_rank", int, "train LoRA adapters of this rank on q/k/v/o projections (peft)"),
     "--lora-alpha": ("lora_alpha", float, "LoRA alpha (default: the rank)"),
     "--num-workers": ("num_workers", int, "data loader worker processes (default 0)"),
+    "--report-to": ("report_to", str, "also log the metrics to experiment trackers (accelerate's): tensorboard, "
+                                      "wandb, comet_ml, mlflow, ... or all; comma-separated"),
     "--push-to-hub": ("push_to_hub", str, "push the model, its card and curves to this Hub repo at the end"),
     "--model-options": ("model_options", "json", "config overrides as JSON, e.g. '{\"num_layers\": 4}'"),
     "--data-options": ("data_options", "json", "dataset options as JSON, e.g. '{\"num_samples\": 2000}'"),

@@ -8,13 +8,15 @@ The loss of an optimizer step is the exact mean over every item of the global ba
 accumulation) and processes are weighted by their item counts, so 1 process with batch 2b and 2 processes with
 batch b follow the same curve. Gradients are synchronised once per step (no_sync on the other micro-batches).
 Everything that decides the next step (weights, optimizer, scheduler, grad scaler, EMA, generator states and the
-data position) is in each checkpoint, so a resumed run ends bit-identical (on CPU) to an uninterrupted one.
+data position) is in each checkpoint, so a resumed run ends bit-identical (on CPU) to an uninterrupted one, with the
+same metrics.jsonl records (bar wall-clock times).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -27,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.errors import ConfigError, InputError, ZooError
+from zoo.errors import CheckpointError, ConfigError, InputError, ZooError
 
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -43,6 +45,8 @@ ENGINE_DIR = "engine"  # accelerate.save_state of FSDP / DeepSpeed runs (sharded
 CURVE_FILE = "training_curve.png"
 CONFIG_FILE = "train_config.yaml"
 MODEL_DIR = "model"
+LOGS_DIR = "logs"  # where trackers that write files (tensorboard) put them
+TRACKER_PROJECT = "zoo"
 
 
 @dataclasses.dataclass
@@ -68,6 +72,38 @@ class TrainResult:
     @property
     def losses(self) -> list[float]:
         return [r["loss"] for r in self.history if "loss" in r and "eval" not in r]
+
+
+class LogWindow:
+    """Sums of the per-step metrics since the last metrics.jsonl record. Checkpoints carry it, so the first record
+    after a resume averages the same steps as the uninterrupted run's."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.started = time.perf_counter()
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {key: value / self.steps for key, value in self.sums.items()}
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "steps": self.steps, "seconds": self.seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums, self.steps = dict(state["sums"]), state["steps"]
+        self.started = time.perf_counter() - state["seconds"]
 
 
 @dataclasses.dataclass
@@ -131,10 +167,11 @@ class Trainer:
 
     def _make_accelerator(self):
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
         if self.config.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("mixed_precision fp16 needs a CUDA GPU; use bf16 or no on CPU.")
+        _check_trackers_installed(self.config.report_to)
         # Processes started by `accelerate launch --multi_gpu` / torchrun on a machine without an accelerator train
         # on CPU with gloo (accelerate only does that when told cpu=True).
         launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -142,7 +179,10 @@ class Trainer:
         if not launched:
             _forget_accelerator_settings(self.config.mixed_precision)
         return Accelerator(mixed_precision=self.config.mixed_precision, cpu=launched and cpu_only,
-                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+                           log_with=list(self.config.report_to) or None,
+                           project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                               logging_dir=str(self.output_dir / LOGS_DIR)))
 
     @property
     def is_main(self) -> bool:
@@ -157,11 +197,26 @@ class Trainer:
                     f"that run, or choose another --output-dir."
                 )
             return None
-        found = ckpt.latest_checkpoint(self.output_dir)
+        found, broken = None, []
+        for _, folder in reversed(existing):  # the newest one that reads back whole
+            try:
+                saved, self._resume_state = ckpt.load_resume_state(folder)
+            except CheckpointError as error:
+                broken.append(f"{folder.name}: {str(error).rstrip('.')}")
+                continue
+            found = folder
+            break
+        if broken and found is None:
+            raise CheckpointError(
+                f"Cannot resume: no checkpoint in {self.output_dir} can be used; {'; '.join(broken)}. Delete those "
+                f"checkpoint folders and run again to train from step 0, or start a new run in another --output-dir."
+            )
+        if broken:
+            logger.warning("--resume: skipping %s; resuming from %s", "; ".join(broken), found.name)
         if found is None:
             logger.warning("--resume: no checkpoint in %s; starting from step 0", self.output_dir)
             return None
-        saved = ckpt.read_state_file(found)
+        self._resumed_metrics = saved.get("metrics") or {}  # the evaluation at its step, if there was one
         mismatches = self.config.resume_mismatches(saved.get("config", {}))
         if mismatches:
             raise ConfigError(
@@ -286,6 +341,17 @@ class Trainer:
     # -- the run ----------------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
+        """Train, evaluate, save and push; the experiment trackers of `report_to` get every metrics record."""
+        hyperparameters = {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+                           for key, value in self.config.to_dict().items() if value is not None}
+        self.accelerator.init_trackers(TRACKER_PROJECT, config=hyperparameters)
+        try:
+            return self._train()
+        finally:  # what end_training does, without ending the process group (a script may train again)
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+
+    def _train(self) -> TrainResult:
         config, accelerator, task = self.config, self.accelerator, self.task
         started = time.perf_counter()
         model = self.model
@@ -307,6 +373,10 @@ class Trainer:
             accelerator.load_state(str(self.resume_from / ENGINE_DIR))  # sharded weights and optimizer
         if self.resume_from is not None and accelerator.scaler is not None and self._resume_state["scaler"]:
             accelerator.scaler.load_state_dict(self._resume_state["scaler"])
+        self.window = LogWindow()
+        if self.resume_from is not None and self._resume_state.get("log_window"):
+            self.window.load_state_dict(self._resume_state["log_window"])
+        self._resume_state = None  # loaded: free the optimizer state
 
         pusher = HubPusher(config.push_to_hub, config.hub_private, config.hub_retries) \
             if config.push_to_hub and self.is_main else None
@@ -314,7 +384,8 @@ class Trainer:
         metrics_path = self.output_dir / METRICS_FILE
         if self.is_main:
             ckpt.remove_incomplete(self.output_dir)
-            history = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= start_step] if start_step else []
+            # the log as it was when the checkpoint was written: later records are written again, none twice
+            history = read_jsonl(self.resume_from / METRICS_FILE) if self.resume_from is not None else []
             write_jsonl(metrics_path, history)
             config.to_yaml(self.output_dir / CONFIG_FILE)
         else:
@@ -332,8 +403,7 @@ class Trainer:
         batches = iter(loader)
         progress = self._progress_bar(start_step)
         global_batch = config.batch_size * accelerator.num_processes * accumulation
-        window: dict[str, float] = {}
-        window_start, window_steps = time.perf_counter(), 0
+        window = self.window
         last_checkpoint = self.resume_from
         final_metrics: dict[str, float] = {}
         step = start_step
@@ -369,27 +439,20 @@ class Trainer:
             if not math.isfinite(step_loss):
                 raise ZooError(f"The loss became {step_loss} at step {step}; lower --lr or enable clipping "
                                f"(max_grad_norm). The last checkpoint is {last_checkpoint or 'none'}.")
-            window["loss"] = window.get("loss", 0.0) + step_loss
-            if grad_norm is not None:
-                window["grad_norm"] = window.get("grad_norm", 0.0) + float(grad_norm)
-            for key, value in step_metrics.items():
-                window[key] = window.get(key, 0.0) + value
-            window_steps += 1
+            window.add({"loss": step_loss, **({} if grad_norm is None else {"grad_norm": float(grad_norm)}),
+                        **step_metrics})
+            samples_per_second = global_batch * window.steps / window.seconds
             if progress is not None:
-                elapsed = time.perf_counter() - window_start
-                progress.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{global_batch * window_steps / elapsed:.1f}",
-                                     refresh=False)
+                progress.set_postfix(loss=f"{step_loss:.4f}", samples_s=f"{samples_per_second:.1f}", refresh=False)
                 progress.update(1)
 
             if step % config.log_every == 0 or step == config.max_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, **{k: v / window_steps for k, v in window.items()},
-                          "lr": scheduler.get_last_lr()[0], "samples_per_second": global_batch * window_steps / elapsed,
+                record = {"step": step, **window.means(), "lr": scheduler.get_last_lr()[0],
+                          "samples_per_second": samples_per_second,
                           "epoch": step * global_batch / len(self.train_data), "time": time.time()}
                 if self.is_main:
-                    history.append(record)
-                    append_jsonl(metrics_path, record)
-                window, window_start, window_steps = {}, time.perf_counter(), 0
+                    self._record(record, history, metrics_path)
+                window.reset()
             if config.eval_every and step % config.eval_every == 0 and step != config.max_steps:
                 self._evaluate(step, history, metrics_path)
             if config.save_every and step % config.save_every == 0 or step == config.max_steps:
@@ -401,7 +464,7 @@ class Trainer:
         if progress is not None:
             progress.close()
         if start_step >= config.max_steps:  # resumed a finished run: nothing to train
-            final_metrics = self._evaluate(step, history, metrics_path)
+            final_metrics = self._resumed_metrics or self._evaluate(step, history, metrics_path)
 
         model_dir = self.output_dir / MODEL_DIR
         curve = self.output_dir / CURVE_FILE
@@ -451,11 +514,20 @@ class Trainer:
             model.eval()
             metrics = self.task.evaluate(model, self.eval_data, device=self.accelerator.device)
             model.train(was_training)
-            record = {"step": step, "eval": metrics, "time": time.time()}
-            history.append(record)
-            append_jsonl(metrics_path, record)
+            self._record({"step": step, "eval": metrics, "time": time.time()}, history, metrics_path)
         self.accelerator.wait_for_everyone()
         return metrics
+
+    def _record(self, record: dict[str, Any], history: list[dict], metrics_path: Path) -> None:
+        """Add a metrics record (main process) to the history, metrics.jsonl and the experiment trackers, which get
+        `train/NAME` and `eval/NAME` values (the names of transformers' Trainer)."""
+        history.append(record)
+        append_jsonl(metrics_path, record)
+        if "eval" in record:
+            values = {f"eval/{key}": value for key, value in record["eval"].items()}
+        else:
+            values = {f"train/{key}": value for key, value in record.items() if key not in ("step", "time")}
+        self.accelerator.log(values, step=record["step"])
 
     # -- checkpoints ------------------------------------------------------------------------------------
 
@@ -557,6 +629,7 @@ class Trainer:
                 "scheduler": scheduler.state_dict(),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "ema_n_averaged": self.ema.n_averaged.cpu() if self.ema is not None else None,
+                "log_window": self.window.state_dict(),
             }
             ckpt.save_torch(state, tmp / ckpt.TRAINING_STATE)
             ckpt.write_state_file(tmp, {
@@ -572,7 +645,7 @@ class Trainer:
     def _load_checkpoint(self, folder: Path, model, optimizer, scheduler) -> int:
         from zoo.hub import load_state_dict
 
-        state = ckpt.load_torch(folder / ckpt.TRAINING_STATE)
+        state = self._resume_state
         if not self.sharded:  # sharded runs load their weights and optimizer after prepare (accelerate)
             weights_file = folder / ckpt.TRAINING_WEIGHTS
             trained = load_state_dict(weights_file if weights_file.is_file() else folder)
@@ -584,7 +657,6 @@ class Trainer:
             self.ema.n_averaged.copy_(state["ema_n_averaged"])
         rng_file = folder / f"rng_state_{self.accelerator.process_index}.pt"
         ckpt.set_rng_state(ckpt.load_torch(rng_file))
-        self._resume_state = state
         return int(state["step"])
 
 
@@ -597,6 +669,17 @@ def _forget_accelerator_settings(mixed_precision: str) -> None:
     if current is not None and str(current) != mixed_precision:
         AcceleratorState._reset_state()
         GradientState._reset_state()
+
+
+def _check_trackers_installed(names: Sequence[str]) -> None:
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    installed = {str(tracker) for tracker in get_available_trackers()}
+    for name in names:
+        if name in LoggerType.list() and name != "all" and name not in installed:
+            package = name.replace("_", "-")
+            raise ConfigError(f"--report-to {name} needs the {package} package: pip install {package}")
 
 
 def _has_other_accelerator() -> bool:

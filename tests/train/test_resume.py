@@ -1,6 +1,7 @@
 """Checkpoints and resume: a run stopped after step k and resumed to step n ends bit-identical (CPU) to an
-uninterrupted n-step run; a process killed while writing a checkpoint leaves `latest` naming a complete one;
-checkpoint rotation; settings that would change the run refuse to resume."""
+uninterrupted n-step run, with the same metrics.jsonl; a process killed while writing a checkpoint leaves `latest`
+naming a complete one; a checkpoint that does not read back whole is skipped; checkpoint rotation; settings that
+would change the run refuse to resume."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train import TrainConfig, Trainer, fit
+from train import TrainConfig, Trainer, fit, loop
 from train import checkpoint as ckpt
-from zoo.errors import ConfigError
+from train.curves import read_jsonl
+from zoo.cli import main
+from zoo.errors import CheckpointError, ConfigError
 
 CASES = {
     # a BatchNorm classifier: its running statistics are state too
@@ -63,6 +66,21 @@ def assert_identical(a: Path, b: Path):
     assert not different, different[:5]
 
 
+def records(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl without their wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in ("time", "samples_per_second")} for r in read_jsonl(path)]
+
+
+def assert_same_metrics(straight, resumed):
+    expected = records(straight.output_dir / "metrics.jsonl")
+    assert expected and any("eval" in r for r in expected)
+    assert records(resumed.output_dir / "metrics.jsonl") == expected
+    assert records(resumed.model_dir / "metrics.jsonl") == expected
+    assert [{k: v for k, v in r.items() if k not in ("time", "samples_per_second")} for r in resumed.history] \
+        == expected
+    assert resumed.metrics == straight.metrics
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_resumed_run_is_bit_identical(tmp_path, case):
     straight = fit(config(tmp_path, "straight", case))
@@ -76,6 +94,41 @@ def test_resumed_run_is_bit_identical(tmp_path, case):
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     losses = [r["loss"] for r in straight.history if "loss" in r]
     assert [r["loss"] for r in resumed.history if "loss" in r] == losses  # the log continues where it stopped
+
+
+@pytest.mark.parametrize("log_every, save_every, stop", [
+    (1, 3, 5),
+    (4, 6, 8),  # the record of step 8 averages steps 5-8, across the checkpoint of step 6; step 8 is logged, then lost
+])
+def test_resumed_run_logs_the_same_metrics(tmp_path, log_every, save_every, stop):
+    settings = dict(max_steps=10, log_every=log_every, save_every=save_every, eval_every=5)
+    straight = fit(config(tmp_path, "straight", "classification", **settings))
+    with pytest.raises(Stop):
+        fit(config(tmp_path, "resumed", "classification", **settings), callbacks=[stop_at(stop)])
+    resumed = fit(config(tmp_path, "resumed", "classification", resume=True, **settings))
+    assert resumed.resumed_from.name == f"checkpoint-{save_every * (stop // save_every)}"
+    assert_same_metrics(straight, resumed)
+
+
+def test_killed_while_linking_the_final_model(tmp_path, monkeypatch):
+    """Killed after the final checkpoint, while `model/` is linked: the resumed run finishes it without training
+    or evaluating again, and without a second final record."""
+    straight = fit(config(tmp_path, "straight", "classification"))
+
+    def killed(checkpoint, model_dir):
+        tmp = model_dir.with_name(model_dir.name + ".tmp")
+        tmp.mkdir()
+        (tmp / "config.json").write_text("{")
+        raise Stop(checkpoint.name)
+
+    monkeypatch.setattr(loop, "_link_model_files", killed)
+    with pytest.raises(Stop, match="checkpoint-7"):
+        fit(config(tmp_path, "resumed", "classification"))
+    monkeypatch.undo()
+    resumed = fit(config(tmp_path, "resumed", "classification", resume=True))
+    assert resumed.resumed_from.name == "checkpoint-7" and resumed.step == 7
+    assert_same_metrics(straight, resumed)
+    assert not (tmp_path / "resumed" / "model.tmp").exists()
 
 
 def test_checkpoint_layout_and_rotation(tmp_path):
@@ -151,6 +204,42 @@ def test_process_killed_while_writing_a_checkpoint(tmp_path):
     straight = fit(TrainConfig(**{**settings, "output_dir": str(tmp_path / "straight")}))
     assert resumed.resumed_from.name == "checkpoint-2"
     assert_identical(straight.checkpoint, resumed.checkpoint)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("broken", [ckpt.TRAINING_STATE, "rng_state_0.pt", "model.safetensors"])
+def test_resume_skips_a_checkpoint_that_does_not_read_back(tmp_path, caplog, broken):
+    with pytest.raises(Stop):
+        fit(config(tmp_path, "run", "classification", max_steps=4, save_every=2), callbacks=[stop_at(4)])
+    truncate(tmp_path / "run" / "checkpoint-4" / broken)
+    with caplog.at_level("WARNING", logger="train.loop"):
+        resumed = fit(config(tmp_path, "run", "classification", max_steps=4, save_every=2, resume=True))
+    assert resumed.resumed_from.name == "checkpoint-2" and resumed.step == 4
+    warning = caplog.text
+    assert f"skipping checkpoint-4: {tmp_path / 'run' / 'checkpoint-4' / broken} is truncated or corrupt" in warning
+    assert "resuming from checkpoint-2" in warning
+    assert ckpt.is_complete(tmp_path / "run" / "checkpoint-4")
+    assert records(resumed.output_dir / "metrics.jsonl")[-1]["step"] == 4  # the eval of the re-written step 4
+
+
+def test_resume_with_no_readable_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(config(tmp_path, "run", "classification", max_steps=4, save_every=2))
+    for step in (2, 4):
+        truncate(run / f"checkpoint-{step}" / ckpt.TRAINING_STATE)
+    with pytest.raises(CheckpointError, match="no checkpoint in .* can be used"):
+        Trainer(config(tmp_path, "run", "classification", max_steps=4, save_every=2, resume=True))
+    code = main(["train", "lowformer-tiny", "--task", "classification", "--output-dir", str(run), "--resume",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"zoo train: error: Cannot resume: no checkpoint in {run} can be used; checkpoint-4: "
+                          f"{run / 'checkpoint-4' / ckpt.TRAINING_STATE} is truncated or corrupt")
+    assert "download" not in err
+    assert "Delete those checkpoint folders" in err
 
 
 def test_resume_refuses_a_different_run(tmp_path):
