@@ -542,7 +542,7 @@ class Trainer:
             with torch.device("meta"):
                 fresh = type(self.model)(self.model.config)
             fresh = load_weights(fresh, {k: v.detach().cpu() for k, v in full_weights.items()})
-            fresh.zoo_name = self.model.zoo_name
+            fresh.zoo_name, fresh.zoo_tag = self.model.zoo_name, self.model.zoo_tag
             return fresh
         model = self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
         if has_lora(model):
