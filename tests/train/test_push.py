@@ -21,7 +21,7 @@ def settings(tmp_path, **changes):
 
 @pytest.fixture
 def no_backoff(monkeypatch):
-    monkeypatch.setattr(push_module.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(zoo.hub.time, "sleep", lambda seconds: None)
 
 
 def test_pushed_model_reloads_identical(tmp_path, fake_hub, no_backoff):
