@@ -177,3 +177,14 @@ def test_timeout_variable_must_be_seconds(monkeypatch):
     assert zoo.hub.hub_timeout() == 2.5
     monkeypatch.delenv("HF_HUB_DOWNLOAD_TIMEOUT")
     assert zoo.hub.hub_timeout() == 30
+
+
+def test_every_request_waits_at_most_the_timeout():
+    """Requests without a timeout get 30 s; huggingface_hub's own longer ones (its 60 s metadata retry) are cut too."""
+    import httpx2
+
+    request = httpx2.Request("HEAD", "http://127.0.0.1:9/me/toy/resolve/main/config.json",
+                             extensions={"timeout": {"connect": None, "read": 60, "write": 10, "pool": None}})
+    zoo.hub._begin_hub_call()
+    zoo.hub._on_request(request)
+    assert request.extensions["timeout"] == {"connect": 30, "read": 30, "write": 10, "pool": 30}

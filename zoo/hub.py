@@ -87,9 +87,14 @@ _unanswered_lock = threading.Lock()
 
 
 def _on_request(request: Any) -> None:
-    """Give a request without a timeout `hub_timeout()`, and refuse one that repeats a request that timed out."""
+    """Bound the request's timeouts by `hub_timeout()` (or huggingface_hub's HF_HUB_ETAG_TIMEOUT and
+    HF_HUB_DOWNLOAD_TIMEOUT where they are longer), and refuse a request that repeats one that timed out."""
+    from huggingface_hub import constants
+
     seconds = hub_timeout()
-    timeout = {kind: seconds if value is None else value for kind, value in request.extensions["timeout"].items()}
+    limit = max(seconds, constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT)
+    timeout = {kind: seconds if value is None else min(value, limit)
+               for kind, value in request.extensions["timeout"].items()}
     request.extensions["timeout"] = timeout
     key, now = (request.method, str(request.url)), time.monotonic()
     with _unanswered_lock:

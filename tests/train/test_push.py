@@ -3,6 +3,8 @@ processor; with the Hub down, training completes, everything is on disk and the 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -86,11 +88,19 @@ def test_hub_refusing_connections_is_retried_and_reported_in_one_line(tmp_path, 
     assert (tmp_path / "run" / "checkpoint-4" / "training_state.pt").is_file()
 
 
-def test_card_of_a_model_trained_on_shapes_names_shapes(tmp_path):
+def test_trained_model_names_its_data_and_its_files_follow_the_umask(tmp_path):
     from huggingface_hub import ModelCard
 
-    result = fit(TrainConfig(model="lowformer-tiny", task="classification", data="shapes", max_steps=2, batch_size=4,
-                             eval_samples=4, progress=False, output_dir=str(tmp_path / "run"),
-                             data_options={"num_samples": 8, "image_size": 32}))
+    previous = os.umask(0o022)
+    try:
+        result = fit(TrainConfig(model="lowformer-tiny", task="classification", data="shapes", max_steps=2,
+                                 save_every=2, ema_decay=0.9, batch_size=4, eval_samples=4, progress=False,
+                                 output_dir=str(tmp_path / "run"), data_options={"num_samples": 8, "image_size": 32}))
+    finally:
+        os.umask(previous)
     card = (result.model_dir / "README.md").read_text()
     assert ModelCard(card).data.datasets == ["shapes"] and "imagenet" not in card.lower()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / "training_weights.safetensors").is_file()  # EMA: the trained weights are kept apart
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*checkpoint.iterdir(), *result.model_dir.iterdir()]}
+    assert set(modes.values()) == {0o644}, modes
