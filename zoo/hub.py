@@ -70,10 +70,10 @@ def check_repo_id(repo_id: str) -> str:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
-        reason = str(error).splitlines()[0].rstrip(".")
         raise HubError(
-            f"{repo_id!r} is not a valid Hub repo id ({reason}). A repo id is 'owner/name' (or 'name'): letters, "
-            f"digits, '-', '_' and '.', at most 96 characters, e.g. 'HuggingFaceTB/SmolVLM-256M-Instruct'."
+            f"{repo_id!r} is not a valid Hub repo id: one is 'owner/name' or 'name', made of letters, digits, '-', "
+            f"'_' and '.' (none at either end, no '--' or '..'), at most 96 characters, "
+            f"e.g. 'HuggingFaceTB/SmolVLM-256M-Instruct'."
         ) from error
     return repo_id
 
