@@ -3,8 +3,9 @@
 A push uploads a snapshot of the folder (hard links, or copies where links are impossible, in a temporary folder
 next to it), so that checkpoint rotation or the next save cannot change the files while they upload. A push that
 fails (no connection, no answer, a Hub error) is retried `retries` times with exponential back-off by
-`zoo.hub.push_folder`, then recorded in `failures` and reported; it never deletes or changes the local files. While a background push is running, a newer save does not start a second one (the
-final push always runs, after waiting for the one in flight).
+`zoo.hub.push_folder`, then recorded in `failures` and reported; it never deletes or changes the local files.
+While a background push is running, a newer save does not start a second one (the final push always runs, after
+waiting for the one in flight).
 """
 
 from __future__ import annotations

@@ -582,10 +582,11 @@ def push_folder(
         except _network_errors() as error:
             reason, retry = _push_failure(error)
             if not retry or attempt > retries:
-                raise _push_error(str(folder), repo_id, reason, attempt,
-                                  f"{folder} is untouched; push it later with `zoo push {folder} {repo_id}`.") from error
+                later = f"{folder} is untouched; push it later with `zoo push {folder} {repo_id}`."
+                raise _push_error(str(folder), repo_id, reason, attempt, later) from error
             wait = backoff * 2 ** (attempt - 1)
-            logger.info("Push %d/%d to '%s' failed (%s); retrying in %g s.", attempt, retries + 1, repo_id, reason, wait)
+            logger.info("Push %d/%d to '%s' failed (%s); retrying in %g s.", attempt, retries + 1, repo_id, reason,
+                        wait)
             time.sleep(wait)
 
 

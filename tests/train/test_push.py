@@ -83,7 +83,7 @@ def test_hub_refusing_connections_is_retried_and_reported_in_one_line(tmp_path, 
     summary = [line for line in err.splitlines() if line.startswith("zoo train: error:")]
     assert len(summary) == 1 and "failed after 4 attempt(s): the Hub at http://127.0.0.1:9 is unreachable" in summary[0]
     assert summary[0].endswith(f"`zoo push {tmp_path / 'run' / 'model'} me/down`.") and "checkpoint-" not in summary[0]
-    assert len(backoff_waits) >= 2 * 3 and set(backoff_waits) == {2.0, 4.0, 8.0}  # the background push(es) and the final
+    assert len(backoff_waits) >= 2 * 3 and set(backoff_waits) == {2.0, 4.0, 8.0}  # background push(es), final push
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "checkpoint-4" / "training_state.pt").is_file()
 
