@@ -1,1 +1,25 @@
-"""Model card templates, one per family, rendered by zoo.hub at save/push time."""
+"""Model card templates, one per family, rendered by zoo.hub at save/push time.
+
+`<family>.md` is the body of the card (Jinja). Its metadata header is built by `zoo.hub.render_model_card` with
+huggingface_hub's `ModelCardData`, from the registry and from `metadata(family, name)`: the family's Hub tags and
+pipeline, and the data its published weights were trained on (a trained model's card names its own data instead).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_FAMILIES: dict[str, dict[str, Any]] = {
+    "lowformer": {"tags": ["image-classification", "backbone"], "pipeline_tag": "image-classification",
+                  "datasets": ["imagenet-1k"]},
+    "wavemix": {"tags": ["backbone"]},
+    "wan": {"tags": ["video-generation"]},
+    "zimage": {"tags": ["text-to-image"], "pipeline_tag": "text-to-image"},
+}
+
+
+def metadata(family: str, name: str) -> dict[str, Any]:
+    """The card metadata particular to `family` (model `name`): `tags`, `pipeline_tag`, `datasets` (all optional)."""
+    if family == "wan":
+        return {**_FAMILIES["wan"], "pipeline_tag": "image-to-video" if "-i2v-" in name else "text-to-video"}
+    return _FAMILIES.get(family, {})

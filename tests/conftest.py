@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests import toy
-from tests.hub_server import FakeHub
+from tests.hub_server import FakeHub, SilentHub
 
 CLOSED_ENDPOINT = "http://127.0.0.1:9"
 
@@ -106,3 +106,24 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
     yield hub
     hub.stop()
+
+
+@pytest.fixture
+def silent_hub(monkeypatch: pytest.MonkeyPatch):
+    """HF_ENDPOINT at a server that accepts connections and never answers; requests time out after 1 s."""
+    hub = SilentHub().start()
+    point_hub_at(monkeypatch, hub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "1")
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def backoff_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record zoo's waits between push attempts instead of sleeping them."""
+    import zoo.hub
+
+    waits: list[float] = []
+    monkeypatch.setattr(zoo.hub.time, "sleep", waits.append)
+    return waits

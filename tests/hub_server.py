@@ -2,7 +2,8 @@
 
 It serves the endpoints that `create_repo`, `upload_folder`, `hf_hub_download` and `snapshot_download`
 call, on 127.0.0.1 only, from a thread. Files are uploaded in "regular" mode (base64 in the commit),
-which keeps LFS and Xet out of the flow. `fail_with = 503` makes every request fail (a Hub outage).
+which keeps LFS and Xet out of the flow. `fail_with = 503` makes every request fail (a Hub outage). `SilentHub`
+accepts connections and never answers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import re
 import shutil
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -229,3 +231,37 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         }
 
     return Handler
+
+
+class SilentHub:
+    """A server that accepts connections, reads each request's first line and never answers (a hung Hub)."""
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self.requests: list[str] = []
+        self._connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> SilentHub:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the serving thread
+        except OSError:
+            pass
+        self._socket.close()
+        for connection in self._connections:
+            connection.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:  # closed by stop()
+                return
+            self._connections.append(connection)
+            request_line = connection.recv(65536).split(b"\r\n", 1)[0].decode(errors="replace")
+            self.requests.append(request_line.rsplit(" ", 1)[0])  # "GET /path"

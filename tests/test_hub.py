@@ -297,3 +297,63 @@ def test_float_tensor_for_an_integer_buffer_names_the_key(tmp_path):
     save_file({**state, key: state[key].float()}, folder / "model.safetensors")
     with pytest.raises(zoo.CheckpointError, match=rf"{re.escape(key)} \(float32 for int64\)"):
         zoo.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("command", [["download", "a/b/c"], ["download", "me/my model"], ["push", "DIR", "bad/id/x"]])
+def test_invalid_repo_id_is_a_one_line_error(command, tmp_path, capsys):
+    from zoo.cli import main
+
+    folder = str(zoo.create("toy-tiny").save_pretrained(tmp_path))
+    assert main([folder if arg == "DIR" else arg for arg in command]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"zoo {command[0]}: error: '{command[-1]}' is not a valid Hub repo id" in err and "'owner/name'" in err
+
+
+def test_model_card_header_is_valid_model_card_data(tmp_path):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    folder = zoo.create("toy-base").save_pretrained(tmp_path)
+    card = ModelCard.load(folder / "README.md")
+    assert isinstance(card.data, ModelCardData)
+    assert card.data.to_dict() == {"library_name": "zoo", "license": "mit", "tags": ["zoo", "toy", "backbone",
+                                                                                         "arxiv:2401.00001"]}
+    assert card.text.startswith("\n# toy-base\n")
+
+
+def test_published_model_card_keeps_its_dataset():
+    from huggingface_hub import ModelCard
+
+    from zoo.backbones.lowformer import VARIANTS, LowFormer
+
+    with torch.device("meta"):
+        model = LowFormer(VARIANTS["b0"])
+    model.zoo_name = "lowformer-b0"
+    data = ModelCard(hub.render_model_card(model)).data
+    assert data.datasets == ["imagenet-1k"] and data.pipeline_tag == "image-classification"
+    assert "datasets" not in hub.render_model_card(zoo.create("lowformer-tiny"))  # random weights: no data
+
+
+def test_trained_model_card_names_its_own_data(tmp_path):
+    from huggingface_hub import ModelCard
+
+    model = zoo.create("lowformer-tiny")
+    card = hub.render_model_card(model, card_data={"datasets": ["shapes"], "training": "trained"})
+    assert ModelCard(card).data.datasets == ["shapes"] and "imagenet" not in card.lower()
+    card = hub.render_model_card(model, card_data={"datasets": ["hf:user/flowers:train"]})
+    assert ModelCard(card).data.datasets == ["user/flowers"]
+    card = hub.render_model_card(model, card_data={"datasets": [str(tmp_path / "train.jsonl")]})
+    assert ModelCard(card).data.datasets is None and "imagenet" not in card.lower()  # a local file is no Hub id
+
+
+def test_saved_weights_follow_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        folder = zoo.create("toy-base").save_pretrained(tmp_path / "saved", max_shard_size=2000)
+        modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+        os.umask(0o027)
+        hub.save_safetensors({"a": torch.zeros(2)}, tmp_path / "group.safetensors")
+    finally:
+        os.umask(previous)
+    assert len(modes) > 4 and set(modes.values()) == {0o644}, modes
+    assert (tmp_path / "group.safetensors").stat().st_mode & 0o777 == 0o640

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 import zoo
 from tests.hub_server import populate_cache
 from tests.test_hub import _assert_same_weights, _original_state_dict
+from zoo.cli import main
 
 
 def _published(tmp_path, name="toy-base", **save_kwargs):
@@ -96,3 +99,92 @@ def test_push_failure_is_reported_and_keeps_the_folder(fake_hub, tmp_path, no_re
     with pytest.raises(zoo.HubError, match="Could not push .* to 'me/toy'.*zoo push"):
         zoo.hub.push_folder(folder, "me/toy")
     assert (folder / "model.safetensors").is_file()
+
+
+# A Hub that refuses connections (the default CLOSED_ENDPOINT) or never answers (`silent_hub`)
+
+
+def _files(folder):
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_push_to_a_closed_port_is_retried_with_backoff_then_reported(tmp_path, backoff_waits):
+    folder = zoo.create("toy-tiny").save_pretrained(tmp_path / "saved")
+    before = _files(folder)
+    with pytest.raises(zoo.hub.PushError) as info:
+        zoo.hub.push_folder(folder, "me/toy")
+    assert info.value.attempts == 4 and backoff_waits == [2.0, 4.0, 8.0]
+    message = str(info.value)
+    assert "after 4 attempt(s): the Hub at http://127.0.0.1:9 is unreachable (ConnectError" in message
+    assert f"push it later with `zoo push {folder} me/toy`" in message and "\n" not in message
+    assert _files(folder) == before
+
+
+def test_push_to_hub_with_the_hub_down_says_how_to_push_later(backoff_waits):
+    with pytest.raises(zoo.hub.PushError, match=r"Could not push the model to 'me/toy' after 4 attempt\(s\): .*"
+                                                r"unreachable.*save_pretrained\(DIR\)` and run `zoo push DIR me/toy`"):
+        zoo.create("toy-tiny").push_to_hub("me/toy")
+    assert backoff_waits == [2.0, 4.0, 8.0]
+
+
+def test_cli_push_to_a_closed_port_prints_one_line(tmp_path, capsys, backoff_waits):
+    folder = zoo.create("toy-tiny").save_pretrained(tmp_path / "saved")
+    assert main(["push", str(folder), "me/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("zoo push: error: Could not push") and "Traceback" not in err
+    assert f"`zoo push {folder} me/x`" in err
+    assert len(backoff_waits) == 3
+
+
+def test_download_from_a_silent_hub_fails_in_bounded_time(silent_hub):
+    started = time.monotonic()
+    with pytest.raises(zoo.HubError) as info:
+        zoo.create("toy-base", pretrained=True)
+    assert time.monotonic() - started < 20
+    message = str(info.value)
+    assert f"{silent_hub.endpoint} did not answer within 1 s (set HF_HUB_DOWNLOAD_TIMEOUT" in message
+    assert any("/api/models/zoo-test/toy-base" in request for request in silent_hub.requests)
+
+
+def test_push_to_a_silent_hub_fails_in_bounded_time(silent_hub, tmp_path, backoff_waits):
+    folder = zoo.create("toy-tiny").save_pretrained(tmp_path / "saved")
+    before = _files(folder)
+    started = time.monotonic()
+    with pytest.raises(zoo.hub.PushError, match=f"after 4 attempt.*the Hub at {silent_hub.endpoint} did not answer "
+                                                "within 1 s .*HF_HUB_DOWNLOAD_TIMEOUT"):
+        zoo.hub.push_folder(folder, "me/toy")
+    assert time.monotonic() - started < 20
+    assert silent_hub.requests.count("POST /api/repos/create") == 4  # each attempt of zoo's retries waited once
+    assert _files(folder) == before
+
+
+def test_huggingface_hub_retries_do_not_wait_again_for_a_silent_hub(silent_hub, no_retry_wait):
+    """huggingface_hub retries a request that timed out up to 5 times; zoo fails the repeats at once."""
+    from huggingface_hub.utils import http_backoff
+
+    zoo.hub._begin_hub_call()
+    started = time.monotonic()
+    with pytest.raises(zoo.hub._Unanswered):
+        http_backoff("GET", f"{silent_hub.endpoint}/api/models/me/toy", max_retries=5)
+    assert silent_hub.requests == ["GET /api/models/me/toy"] and time.monotonic() - started < 10
+
+
+def test_timeout_variable_must_be_seconds(monkeypatch):
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "soon")
+    with pytest.raises(zoo.ConfigError, match="HF_HUB_DOWNLOAD_TIMEOUT must be a number of seconds > 0, got 'soon'"):
+        zoo.hub.download("me/toy")
+    monkeypatch.setenv("HF_HUB_DOWNLOAD_TIMEOUT", "2.5")
+    assert zoo.hub.hub_timeout() == 2.5
+    monkeypatch.delenv("HF_HUB_DOWNLOAD_TIMEOUT")
+    assert zoo.hub.hub_timeout() == 30
+
+
+def test_every_request_waits_at_most_the_timeout():
+    """Requests without a timeout get 30 s; huggingface_hub's own longer ones (its 60 s metadata retry) are cut too."""
+    import httpx2
+
+    request = httpx2.Request("HEAD", "http://127.0.0.1:9/me/toy/resolve/main/config.json",
+                             extensions={"timeout": {"connect": None, "read": 60, "write": 10, "pool": None}})
+    zoo.hub._begin_hub_call()
+    zoo.hub._on_request(request)
+    assert request.extensions["timeout"] == {"connect": 30, "read": 30, "write": 10, "pool": 30}

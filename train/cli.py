@@ -109,7 +109,7 @@ def run_train(args: argparse.Namespace) -> int:
     if failures:
         last = failures[-1]
         print(
-            f"zoo train: error: pushing to '{last.repo_id}' failed after {last.attempts} attempt(s): {last.error}\n"
+            f"zoo train: error: pushing to '{last.repo_id}' failed after {last.attempts} attempt(s): {last.error}. "
             f"The training finished and everything is saved locally; push it later with "
             f"`zoo push {result.model_dir} {last.repo_id}`.",
             file=sys.stderr,

@@ -578,7 +578,8 @@ class Trainer:
             f"| Setting | Value |\n|---|---|\n{rows}\n\n{loss_line}"
             f"![Training curve]({CURVE_FILE})"
         )
-        return {"results": {k: round(v, 4) for k, v in metrics.items()}, "training": training}
+        return {"results": {k: round(v, 4) for k, v in metrics.items()}, "training": training,
+                "datasets": [config.data or self.task.default_data]}
 
     def _export(self, model: nn.Module, folder: Path, metrics: dict[str, float], step: int) -> None:
         import shutil
@@ -589,10 +590,10 @@ class Trainer:
         self.task.save_extras(folder)
         trained = self.accelerator.unwrap_model(self.model)
         if has_lora(trained):
-            from safetensors.torch import save_file
+            from zoo.hub import save_safetensors
 
             adapter = {k: v.detach().contiguous() for k, v in adapter_state_dict(trained).items()}
-            save_file(adapter, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+            save_safetensors(adapter, folder / "adapter_model.safetensors")
         for name in (METRICS_FILE, CURVE_FILE):
             if (self.output_dir / name).is_file():
                 shutil.copyfile(self.output_dir / name, folder / name)
@@ -618,11 +619,9 @@ class Trainer:
             self._plot(history)
             self._export(self.deployable_model(full_weights), tmp, metrics, step)
             if training_weights is not None:
-                from safetensors.torch import save_file
+                from zoo.hub import _unshared, save_safetensors
 
-                from zoo.hub import _unshared
-
-                save_file(_unshared(training_weights), tmp / ckpt.TRAINING_WEIGHTS, metadata={"format": "pt"})
+                save_safetensors(_unshared(training_weights), tmp / ckpt.TRAINING_WEIGHTS)
             state = {
                 "step": step,
                 "optimizer": None if self.sharded else optimizer.state_dict(),

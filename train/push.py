@@ -1,10 +1,11 @@
 """Pushing saved models to the Hub from a training run: in the background at each save, blocking at the end.
 
 A push uploads a snapshot of the folder (hard links, or copies where links are impossible, in a temporary folder
-next to it), so that checkpoint rotation or the next save cannot change the files while they upload. A failed push
-is retried `retries` times with exponential back-off, then recorded in `failures` and reported; it never deletes
-or changes the local files. While a background push is running, a newer save does not start a second one (the
-final push always runs, after waiting for the one in flight).
+next to it), so that checkpoint rotation or the next save cannot change the files while they upload. A push that
+fails (no connection, no answer, a Hub error) is retried `retries` times with exponential back-off by
+`zoo.hub.push_folder`, then recorded in `failures` and reported; it never deletes or changes the local files.
+While a background push is running, a newer save does not start a second one (the final push always runs, after
+waiting for the one in flight).
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import logging
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo.errors import HubError
+from zoo.errors import HubError, PushError
 
 from .checkpoint import link_tree
 
@@ -97,19 +97,16 @@ class HubPusher:
         from zoo.hub import push_folder
 
         result = PushResult(folder, self.repo_id)
-        for attempt in range(1, self.retries + 2):
-            result.attempts = attempt
-            try:
-                result.url = push_folder(snapshot, self.repo_id, private=self.private, commit_message=message,
-                                         token=self.token)
-                result.error = None
-                break
-            except HubError as error:
-                result.error = str(error).replace(str(snapshot), str(folder))
-                logger.warning("Push %d/%d of %s to %s failed: %s", attempt, self.retries + 1, folder,
-                               self.repo_id, result.error)
-                if attempt <= self.retries:
-                    time.sleep(self.backoff * 2 ** (attempt - 1))
+        try:
+            result.url = push_folder(snapshot, self.repo_id, private=self.private, commit_message=message,
+                                     token=self.token, retries=self.retries, backoff=self.backoff)
+        except PushError as error:
+            result.error, result.attempts = error.reason, error.attempts
+        except HubError as error:
+            result.error, result.attempts = str(error).replace(str(snapshot), str(folder)), 1
+        if result.error is not None:
+            logger.warning("Pushing %s to '%s' failed after %d attempt(s): %s", folder, self.repo_id, result.attempts,
+                           result.error)
         self.results.append(result)
         return result
 

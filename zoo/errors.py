@@ -33,6 +33,15 @@ class HubError(ZooError, OSError):
     """The Hugging Face Hub could not give us what we asked for."""
 
 
+class PushError(HubError):
+    """A push that still failed after its retries: `reason` is why the last attempt failed, `attempts` how many ran."""
+
+    def __init__(self, message: str, reason: str, attempts: int):
+        super().__init__(message)
+        self.reason = reason
+        self.attempts = attempts
+
+
 def closest(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The registered names most similar to `name`, best first."""
     candidates = list(candidates)

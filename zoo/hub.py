@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.resources
+import itertools
 import json
 import logging
+import math
+import os
 import pickle
 import tempfile
+import threading
+import time
 import types
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,7 +27,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import CheckpointError, HubError, UnknownModelError, shorten
+from .errors import CheckpointError, ConfigError, HubError, PushError, UnknownModelError, shorten
 from .registry import Converter, count_parameters, format_count, get_entry
 
 logger = logging.getLogger(__name__)
@@ -33,6 +38,120 @@ SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 _PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "params")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Talking to the Hub
+
+DEFAULT_HUB_TIMEOUT = 30.0
+TIMEOUT_VARIABLE = "HF_HUB_DOWNLOAD_TIMEOUT"  # huggingface_hub's default timeout for its requests
+_RETRY_STATUSES = (408, 429, 500, 502, 503, 504)  # those huggingface_hub retries too
+
+
+def hub_timeout() -> float:
+    """Seconds a request to the Hub may wait for an answer where huggingface_hub sets no limit of its own:
+    HF_HUB_DOWNLOAD_TIMEOUT when set, else 30."""
+    value = os.environ.get(TIMEOUT_VARIABLE)
+    if not value:
+        return DEFAULT_HUB_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ConfigError(f"{TIMEOUT_VARIABLE} must be a number of seconds > 0, got {value!r}.")
+    return seconds
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`repo_id` if it is a valid Hub repo id, else a HubError that says what one looks like."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise HubError(
+            f"{repo_id!r} is not a valid Hub repo id: one is 'owner/name' or 'name', made of letters, digits, '-', "
+            f"'_' and '.' (none at either end, no '--' or '..'), at most 96 characters, "
+            f"e.g. 'HuggingFaceTB/SmolVLM-256M-Instruct'."
+        ) from error
+    return repo_id
+
+
+class _Unanswered(Exception):
+    """A request that huggingface_hub repeats after it timed out: zoo fails it at once instead of waiting again."""
+
+
+_unanswered: dict[tuple[str, str], float] = {}  # (method, url) of requests sent -> when their wait ends
+_unanswered_lock = threading.Lock()
+
+
+def _on_request(request: Any) -> None:
+    """Bound the request's timeouts by `hub_timeout()` (or huggingface_hub's HF_HUB_ETAG_TIMEOUT and
+    HF_HUB_DOWNLOAD_TIMEOUT where they are longer), and refuse a request that repeats one that timed out."""
+    from huggingface_hub import constants
+
+    seconds = hub_timeout()
+    limit = max(seconds, constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT)
+    timeout = {kind: seconds if value is None else min(value, limit)
+               for kind, value in request.extensions["timeout"].items()}
+    request.extensions["timeout"] = timeout
+    key, now = (request.method, str(request.url)), time.monotonic()
+    with _unanswered_lock:
+        if _unanswered.get(key, math.inf) <= now:
+            raise _Unanswered(f"{request.method} {request.url} timed out")
+        _unanswered[key] = now + timeout["read"]
+
+
+def _on_response(response: Any) -> None:
+    with _unanswered_lock:
+        _unanswered.pop((response.request.method, str(response.request.url)), None)
+
+
+def _begin_hub_call() -> None:
+    """Bound the requests huggingface_hub's HTTP client makes from now on (see `_on_request`).
+
+    zoo wraps the client factory in effect (huggingface_hub's, or one set with `set_client_factory`) once.
+    """
+    from huggingface_hub.utils import _http, set_client_factory
+
+    factory = _http._GLOBAL_CLIENT_FACTORY
+    if not getattr(factory, "zoo_bounded", False):
+
+        def bounded() -> Any:
+            client = factory()
+            hooks = client.event_hooks
+            client.event_hooks = {"request": [*hooks["request"], _on_request],
+                                  "response": [*hooks["response"], _on_response]}
+            return client
+
+        bounded.zoo_bounded = True
+        set_client_factory(bounded)
+    with _unanswered_lock:
+        _unanswered.clear()
+
+
+def _network_errors() -> tuple[type[Exception], ...]:
+    """What huggingface_hub raises when the Hub cannot be reached, does not answer or answers with an error."""
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    return HfHubHTTPError, OfflineModeIsEnabled, httpx2.TransportError, _Unanswered, OSError
+
+
+def _timed_out(error: BaseException | None) -> bool:
+    import httpx2
+
+    while error is not None:
+        if isinstance(error, (httpx2.TimeoutException, _Unanswered)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _silence() -> str:
+    return (f"did not answer within {hub_timeout():g} s "
+            f"(set {TIMEOUT_VARIABLE} to the seconds to wait, e.g. {TIMEOUT_VARIABLE}=120)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -48,19 +167,15 @@ def download(
 ) -> Path:
     """A local folder holding `allow_patterns` of the repo at `revision`, from the cache or the Hub.
 
-    Honours HF_HUB_OFFLINE, HF_HOME / HF_HUB_CACHE and HF_ENDPOINT; shows progress bars.
+    Honours HF_HUB_OFFLINE, HF_HOME / HF_HUB_CACHE and HF_ENDPOINT; shows progress bars. No request waits more than
+    `hub_timeout()` seconds for an answer.
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
+    check_repo_id(hub_id)
     where = f"'{hub_id}'" + (f" at revision '{revision}'" if revision else "")
+    _begin_hub_call()
     try:
         path = snapshot_download(
             hub_id, revision=revision, allow_patterns=list(allow_patterns) if allow_patterns else None,
@@ -72,15 +187,20 @@ def download(
         raise HubError(f"Repository {where} was not found, or it is private and no token was given (set HF_TOKEN).") from error
     except RevisionNotFoundError as error:
         raise HubError(f"Repository '{hub_id}' has no revision '{revision}'.") from error
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as error:
-        raise HubError(_unreachable_message(where, hub_id)) from error
+    except _network_errors() as error:
+        raise HubError(_unreachable_message(where, hub_id, error)) from error
     return Path(path)
 
 
-def _unreachable_message(where: str, hub_id: str) -> str:
+def _unreachable_message(where: str, hub_id: str, error: BaseException) -> str:
     from huggingface_hub import constants
 
-    state = "offline mode is on (HF_HUB_OFFLINE=1)" if constants.HF_HUB_OFFLINE else f"{constants.ENDPOINT} is unreachable"
+    if constants.HF_HUB_OFFLINE:
+        state = "offline mode is on (HF_HUB_OFFLINE=1)"
+    elif _timed_out(error):
+        state = f"{constants.ENDPOINT} {_silence()}"
+    else:
+        state = f"{constants.ENDPOINT} is unreachable"
     return (
         f"Could not get {where}: {state} and the files are not in the cache ({constants.HF_HUB_CACHE}). "
         f"Pre-download them on a connected machine with `zoo download {hub_id}` (or `hf download {hub_id}`) "
@@ -408,7 +528,6 @@ def save_pretrained(
 ) -> Path:
     """Write `config.json`, safetensors weights (sharded above `max_shard_size`) and a README model card."""
     from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
 
     folder = Path(save_directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -418,7 +537,7 @@ def save_pretrained(
         if stale.name not in split.filename_to_tensors:
             stale.unlink(missing_ok=True)
     for filename, keys in split.filename_to_tensors.items():
-        save_file({k: state_dict[k] for k in keys}, folder / filename, metadata={"format": "pt"})
+        save_safetensors({k: state_dict[k] for k in keys}, folder / filename)
     if split.is_sharded:
         index = {"metadata": {**split.metadata, "zoo_version": __version__}, "weight_map": split.tensor_to_filename}
         (folder / SAFETENSORS_INDEX_NAME).write_text(json.dumps(index, indent=2))
@@ -427,6 +546,29 @@ def save_pretrained(
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     (folder / "README.md").write_text(render_model_card(model, repo_id=repo_id, card_data=card_data))
     return folder
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write `tensors` to a safetensors file readable as the process's other new files are (its umask applies;
+    safetensors alone leaves them 0600)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, path, metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (`os.umask` sets it, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _unshared(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -451,36 +593,80 @@ def push_folder(
     commit_message: str = "Upload model with zoo",
     revision: str | None = None,
     token: str | None = None,
+    retries: int = 3,
+    backoff: float = 2.0,
 ) -> str:
-    """Upload a saved model folder to `repo_id` (created if needed) in one commit; returns the commit URL."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    """Upload a saved model folder to `repo_id` (created if needed) in one commit; returns the commit URL.
 
+    A push the network or the Hub fails (no connection, no answer within `hub_timeout()`, 429, 5xx) is tried again
+    `retries` times, after `backoff`, 2 x `backoff`, ... seconds; then a PushError says how to push later. The folder
+    is only read.
+    """
+    from huggingface_hub import HfApi
+
+    check_repo_id(repo_id)
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file():
         raise HubError(f"{folder} is not a saved model folder (no {CONFIG_NAME}); write it with save_pretrained first.")
     api = HfApi(token=token)
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision,
-            delete_patterns=["*.safetensors", "*.safetensors.index.json"],  # stale shards of an earlier push
-        )
-    except (HfHubHTTPError, OfflineModeIsEnabled, OSError) as error:
-        raise HubError(
-            f"Could not push {folder} to '{repo_id}' at {constants.ENDPOINT} "
-            f"({type(error).__name__}: {str(error).splitlines()[0]}). "
-            f"Check the connection and your token (HF_TOKEN or `hf auth login`); the folder is untouched, "
-            f"retry with `zoo push {folder} {repo_id}`."
-        ) from error
-    return commit.commit_url
+    for attempt in itertools.count(1):
+        _begin_hub_call()
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision,
+                delete_patterns=["*.safetensors", "*.safetensors.index.json"],  # stale shards of an earlier push
+            )
+            return commit.commit_url
+        except _network_errors() as error:
+            reason, retry = _push_failure(error)
+            if not retry or attempt > retries:
+                later = f"{folder} is untouched; push it later with `zoo push {folder} {repo_id}`."
+                raise _push_error(str(folder), repo_id, reason, attempt, later) from error
+            wait = backoff * 2 ** (attempt - 1)
+            logger.info("Push %d/%d to '%s' failed (%s); retrying in %g s.", attempt, retries + 1, repo_id, reason,
+                        wait)
+            time.sleep(wait)
+
+
+def _push_failure(error: BaseException) -> tuple[str, bool]:
+    """Why a push failed, in a few words, and whether trying again may help."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(error, OfflineModeIsEnabled):
+        return "offline mode is on (HF_HUB_OFFLINE=1)", False
+    if _timed_out(error):
+        return f"the Hub at {constants.ENDPOINT} {_silence()}", True
+    first_line = next(iter(str(error).splitlines()), "")
+    if isinstance(error, HfHubHTTPError) and error.response is not None:
+        status = error.response.status_code
+        if status in (401, 403):
+            return f"{first_line}; check your token (HF_TOKEN or `hf auth login`)", False
+        return first_line, status in _RETRY_STATUSES
+    import httpx2
+
+    if isinstance(error, httpx2.TransportError):
+        return f"the Hub at {constants.ENDPOINT} is unreachable ({type(error).__name__}: {first_line})", True
+    return f"{type(error).__name__}: {first_line}", False  # reading the folder failed
+
+
+def _push_error(what: str, repo_id: str, reason: str, attempts: int, later: str) -> PushError:
+    return PushError(f"Could not push {what} to '{repo_id}' after {attempts} attempt(s): {reason}. {later}",
+                     reason=reason, attempts=attempts)
 
 
 def push_to_hub(model: nn.Module, repo_id: str, card_data: dict[str, Any] | None = None, **kwargs: Any) -> str:
     """Save `model` to a temporary folder and upload it to `repo_id` in one commit (see `push_folder`)."""
+    check_repo_id(repo_id)
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp, card_data=card_data, repo_id=repo_id)
-        return push_folder(tmp, repo_id, **kwargs)
+        try:
+            return push_folder(tmp, repo_id, **kwargs)
+        except PushError as error:
+            raise _push_error("the model", repo_id, error.reason, error.attempts,
+                              f"Nothing local changed; to push later, save it with `model.save_pretrained(DIR)` "
+                              f"and run `zoo push DIR {repo_id}`.") from error.__cause__
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -488,8 +674,16 @@ def push_to_hub(model: nn.Module, repo_id: str, card_data: dict[str, Any] | None
 
 
 def render_model_card(model: nn.Module, repo_id: str | None = None, card_data: dict[str, Any] | None = None) -> str:
-    """The README.md for a saved model, from `hub_cards/<family>.md` (or `hub_cards/default.md`)."""
+    """The README.md for a saved model: a metadata header built with huggingface_hub's `ModelCardData`, and a body
+    rendered from `hub_cards/<family>.md` (or `hub_cards/default.md`).
+
+    `card_data` adds to the template's context (`results`, `efficiency`, `training`, ...); its `datasets`, the data
+    a trained model was trained on, replace those the published weights were trained on.
+    """
     import jinja2
+    from huggingface_hub import ModelCard
+
+    import hub_cards
 
     try:
         entry = get_entry(model.zoo_name) if model.zoo_name else None
@@ -512,13 +706,59 @@ def render_model_card(model: nn.Module, repo_id: str | None = None, card_data: d
         "zoo_version": __version__,
         **(card_data or {}),
     }
+    family = hub_cards.metadata(model.family, context["name"])
+    if "datasets" in context:
+        datasets = _hub_datasets(context["datasets"])
+    else:
+        datasets = family.get("datasets", []) if source else []
+    tags = ["zoo", model.family, context["task"], *family.get("tags", []),
+            f"arxiv:{context['paper']}" if context["paper"] else ""]
+    header = _card_data(library_name="zoo", license=context["license"], tags=list(dict.fromkeys(filter(None, tags))),
+                        pipeline_tag=family.get("pipeline_tag"), datasets=datasets or None)
     templates = importlib.resources.files("hub_cards")
     template_file = templates / f"{model.family}.md"
     if not template_file.is_file():
         template_file = templates / "default.md"
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                      trim_blocks=True, lstrip_blocks=True)
-    return environment.from_string(template_file.read_text()).render(**context)
+    body = environment.from_string(template_file.read_text()).render(**context)
+    return str(ModelCard(f"---\n{header.to_yaml(original_order=_CARD_ORDER)}\n---\n\n{body}"))
+
+
+_CARD_ORDER = ["library_name", "license", "pipeline_tag", "tags", "datasets"]
+
+
+def _card_data(**fields: Any) -> Any:
+    """`ModelCardData(**fields)`, checked: every field a string or a list of non-empty strings without line breaks."""
+    from huggingface_hub import ModelCardData
+
+    for key, value in fields.items():
+        values = value if isinstance(value, list) else [value]
+        if value is not None and not all(isinstance(v, str) and v.strip() and "\n" not in v for v in values):
+            raise ConfigError(f"Model card metadata '{key}' must be a string or a list of strings, got {value!r}.")
+    return ModelCardData(**fields)
+
+
+def _hub_datasets(names: Iterable[str]) -> list[str]:
+    """The Hub ids of training data named as `zoo train --data` names it: an embedded set by its name, `hf:NAME[:SPLIT]`
+    as NAME; local files and folders have none."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from .data import EMBEDDED
+
+    ids = []
+    for name in names:
+        name = str(name)
+        if name in EMBEDDED:
+            ids.append(name)
+        elif name.startswith("hf:") and not Path(name[3:]).exists():
+            hub_id = name[3:].split(":")[0]
+            try:
+                validate_repo_id(hub_id)
+            except HFValidationError:
+                continue
+            ids.append(hub_id)
+    return ids
 
 
 def folder_config(folder: Path, names: Iterable[str] = (CONFIG_NAME, "model_index.json")) -> tuple[dict, str]:
