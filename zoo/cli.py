@@ -147,9 +147,10 @@ def _run(args: argparse.Namespace) -> None:
 
     entry, _ = split_name(args.name)
     family = get_family(entry.family)
-    if family.runner is None:
+    runner = family.load_runner()
+    if runner is None:
         raise ZooError(f"`zoo run` does not support the '{family.name}' family yet.")
-    family.runner(args.name, args)
+    runner(args.name, args)
 
 
 def json_option(flag: str, value: str | None) -> dict[str, Any]:
