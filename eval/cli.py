@@ -14,7 +14,7 @@ from zoo.cli import (
     positive_int,
     resolve_device,
 )
-from zoo.errors import ConfigError
+from zoo.errors import ConfigError, InputError
 
 DEFAULT_BENCH_OUT = "runs/bench"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -154,6 +154,8 @@ def _readme(args: argparse.Namespace, load_records, update_readme) -> int:
 
     sources = [Path(p) for p in (args.results or [RESULTS_DIR])]
     records = load_records(sources)
+    if not records:
+        raise InputError(f"No zoo bench results in {', '.join(map(str, sources))}: the README table is left as it is.")
     path = update_readme(args.readme, records)
     print(f"rewrote the bench table of {path} from {len(records)} result(s)")
     if records and len(sources) == 1 and sources[0].is_dir() and not args.no_plots:

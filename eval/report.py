@@ -309,6 +309,8 @@ def _human_time(seconds: float) -> str:
 def update_readme(readme: str | Path, records: Sequence[dict[str, Any]]) -> Path:
     """Rewrite the text between the README's bench markers; nothing else changes."""
     path = Path(readme)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (--readme takes the README to rewrite)")
     text = path.read_text()
     pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
     if not pattern.search(text):

@@ -302,11 +302,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command's parser, which has the options that were meant
+        parser.exit(2, f"zoo {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
+                       f"(see `zoo {args.command} --help`)\n")
     try:
         return args.run(args) or 0
     except ZooError as error:
-        print(f"zoo {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, whatever the message's layout
+        print(f"zoo {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
