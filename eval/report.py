@@ -130,7 +130,8 @@ def csv_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _round(value: Any) -> Any:
-    return round(value, 4) if isinstance(value, float) and math.isfinite(value) else value
+    """Six significant digits: a tiny model's GFLOP stays above 0."""
+    return float(f"{value:.6g}") if isinstance(value, float) and math.isfinite(value) else value
 
 
 def run_id(records: Sequence[dict[str, Any]], all_models: bool = False) -> str:
