@@ -336,3 +336,20 @@ def test_import_zoo_is_lazy_and_create_still_works():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "LowFormer ['wavemix-tiny']"
+
+
+def test_run_published_classifier_prints_imagenet_top5(monkeypatch, tmp_path, capsys):
+    """`zoo run lowformer-b1 --image X` (the README's example), with random weights in place of the download."""
+    from timm.data import ImageNetInfo
+
+    loaded = []
+
+    def create(name, pretrained, dtype, device):
+        loaded.append((name, pretrained))
+        return zoo.create("lowformer-b1", device=device)
+
+    monkeypatch.setattr("zoo.backbones.classify.create", create)
+    assert main(["run", "lowformer-b1", "--image", _image(tmp_path / "cat.png")]) == 0
+    assert loaded == [("lowformer-b1", True)]
+    top5 = _top5(capsys.readouterr().out)
+    assert len(top5) == 5 and all(name == ImageNetInfo().index_to_description(i) for i, name in top5)
