@@ -229,7 +229,7 @@ def _bad_arguments(tmp: Path, saved: str) -> list[tuple[list[str], str]]:
         (["run", "z-image-turbo", "--prompt", "a cat", "--width", "0"], "--width: must be at least 1"),
         (["run", "wan2.1-t2v-1.3b", "--prompt", "a cat", "--frames", "0"], "--frames: must be at least 1"),
         (["run", "z-image-turbo", "--prompt", "a cat", "--guidance", "nan"], "--guidance: takes a finite number"),
-        (["run", "lowformer-b1", "--image", str(tmp / "missing.png")], "no such file or folder"),
+        (["run", "lowformer-tiny", "--checkpoint", saved, "--image", str(tmp / "missing.png")], "No such file"),
         (["run", "lowformer-b1", "--device", "gpu"], "--device takes cpu, cuda or cuda:N"),
         (["run", "lowformer-tiny", "--checkpoint", str(tmp / "missing")], "--checkpoint"),
         (["run", "lowformer-tiny", "--image", str(tmp / "bad.yaml")], "use --checkpoint DIR"),

@@ -236,9 +236,8 @@ def _run(args: argparse.Namespace) -> None:
     if args.checkpoint is None and not entry.sources:
         raise ZooError(f"'{entry.name}' has no published weights: train it (`zoo train`) or convert a checkpoint "
                        f"(`zoo convert`), then use --checkpoint DIR.")
-    for flag, path in [("--checkpoint", args.checkpoint), ("--video", args.video)] + [("--image", p) for p in args.image]:
-        if path is not None and not Path(path).exists():
-            raise InputError(f"{flag} {path}: no such file or folder.")
+    if args.checkpoint is not None and not Path(args.checkpoint).exists():
+        raise InputError(f"--checkpoint {args.checkpoint}: no such file or folder.")
     args.device = resolve_device(args.device)
     runner(args.name, args)
 
