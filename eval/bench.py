@@ -15,7 +15,8 @@ What is timed depends on the model's task:
 FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on one call (2 x multiply-accumulates; matmuls,
 convolutions and attention, plus zoo's selective scan and gated linear attention through their registered
 formulas; elementwise ops, norms and softmax count 0). For generative models, "ttft" counts the prefill and
-"tpot" one decoding step.
+"tpot" one decoding step. Records hold both conventions, labelled: `flops` (2 x MAC) and `macs` (what timm and
+most papers report as "GMACs", often loosely called FLOPs).
 
 With `compare`, zoo's model and the reference hold the same weights (see eval.references); one call of each
 checks that they agree, then every (implementation, phase) pair is timed in alternation (eval.timing).
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo.cli import resolve_device
 from zoo.config import ZooConfig
 from zoo.dtypes import parse_dtype
 from zoo.errors import ConfigError, InputError, ZooError
@@ -108,14 +110,6 @@ def with_layers(entry: ModelEntry, config: ZooConfig, layers: int) -> ZooConfig:
 def bench_config(entry: ModelEntry, options: BenchOptions) -> ZooConfig:
     config = entry.config.replace(**options.model_options) if options.model_options else entry.config
     return with_layers(entry, config, options.layers) if options.layers is not None else config
-
-
-def resolve_device(device: str) -> str:
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False).")
-    if torch.device(device).type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device takes cpu or cuda, got {device!r}")
-    return device
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -349,6 +343,7 @@ def _run_bench(options: BenchOptions, log: Callable[[str], None]) -> dict[str, A
         if options.flops:
             with torch.inference_mode():
                 result["flops"] = implementation_flops(impl, entry.task)
+            result["macs"] = {phase: flops // 2 for phase, flops in result["flops"].items()}
         if options.memory:
             with torch.inference_mode():
                 result["memory"] = {phase: peak_memory(fn, device) for phase, fn in impl.calls.items()}
@@ -382,7 +377,7 @@ def _per_token(generate: Samples, first: Samples, new_tokens: int) -> Samples:
 
 def headline(task: str, result: dict[str, Any], batch: int) -> dict[str, Any]:
     """The figures a table shows: latency of the main phase (ms), throughput, TTFT / TPOT or s/step, memory,
-    achieved GFLOP/s, energy per sample."""
+    GFLOP and GMAC of one call (GFLOP = 2 x GMAC), achieved GFLOP/s, energy per sample."""
     phases = result["phases"]
     main = MAIN_PHASE.get(task, "forward") if MAIN_PHASE.get(task, "forward") in phases else next(iter(phases))
     p50 = phases[main]["wall_p50"]
@@ -400,6 +395,7 @@ def headline(task: str, result: dict[str, Any], batch: int) -> dict[str, Any]:
     flops_phase = "tpot" if "tpot" in phases else main
     if flops.get(flops_phase):
         out["gflop"] = flops[flops_phase] / 1e9
+        out["gmac"] = flops[flops_phase] / 2e9
         seconds = phases[flops_phase]["wall_p50"]
         out["gflop_per_s"] = flops[flops_phase] / seconds / 1e9 if seconds > 0 else math.nan
     memory = result.get("memory", {}).get("generate" if "generate" in phases else main)

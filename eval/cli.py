@@ -6,8 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from zoo.cli import json_option
-from zoo.errors import ConfigError
+from zoo.cli import (
+    int_at_least,
+    json_option,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    resolve_device,
+)
+from zoo.errors import ConfigError, InputError
 
 DEFAULT_BENCH_OUT = "runs/bench"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -35,17 +42,18 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "the same weights, alternating, and print the ratios")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
-    parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
     parser.add_argument("--input", nargs="+", metavar="SPEC",
                         help="input shapes without the batch, NAME=SHAPE (e.g. pixel_values=3x384x384) or a bare "
                              "SHAPE; or a preset: default (the registered input) or small (CPU-sized; the CPU default)")
-    parser.add_argument("--layers", type=int, help="blocks per trunk (e.g. 2 of Wan's 30), for both implementations")
+    parser.add_argument("--layers", type=positive_int, help="blocks per trunk (e.g. 2 of Wan's 30), for both implementations")
     parser.add_argument("--model-options", help="config overrides as JSON, e.g. '{\"num_layers\": 4}'")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--repeats", type=int, help="timed rounds (default: as many as fit in --budget, 5 to 50)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
-    parser.add_argument("--budget", type=float, default=20.0, help="seconds of timed rounds to aim for (default 20)")
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens to generate for TPOT (default 32)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=positive_int, help="timed rounds (default: as many as fit in --budget, 5 to 50)")
+    parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed rounds first (default 2)")
+    parser.add_argument("--budget", type=positive_float, default=20.0, help="seconds of timed rounds to aim for (default 20)")
+    parser.add_argument("--new-tokens", type=int_at_least(2), default=32,
+                        help="tokens to generate for TPOT, at least 2 (default 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--channels-last", action="store_true", help="4-D weights and inputs in channels-last layout")
     parser.add_argument("--compile", action="store_true",
@@ -94,11 +102,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
             return _readme(args, load_records, update_readme)
         raise ConfigError("Give a model to benchmark (see `zoo list`), --all, --micro NAME or --readme.")
 
-    import torch
-
     from zoo.registry import get_entry, list_models
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     options = BenchOptions(
         model=args.model or "", compare=args.compare, device=device, dtype=args.dtype, batch=args.batch,
         input=args.input, layers=args.layers, model_options=json_option("--model-options", args.model_options),
@@ -148,6 +154,8 @@ def _readme(args: argparse.Namespace, load_records, update_readme) -> int:
 
     sources = [Path(p) for p in (args.results or [RESULTS_DIR])]
     records = load_records(sources)
+    if not records:
+        raise InputError(f"No zoo bench results in {', '.join(map(str, sources))}: the README table is left as it is.")
     path = update_readme(args.readme, records)
     print(f"rewrote the bench table of {path} from {len(records)} result(s)")
     if records and len(sources) == 1 and sources[0].is_dir() and not args.no_plots:
@@ -168,11 +176,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="a saved model folder or a weights file to load into the named model")
     parser.add_argument("--pretrained", action="store_true", help="evaluate the model's published weights")
     parser.add_argument("--split", default="eval", help="eval (default) or train")
-    parser.add_argument("--num-samples", type=int, default=200, help="evaluate at most this many samples (default 200)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-samples", type=positive_int, default=200, help="evaluate at most this many samples (default 200)")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the embedded datasets (default 0)")
-    parser.add_argument("--crop-border", type=int, help="restoration: pixels cropped on each side (default: the "
+    parser.add_argument("--crop-border", type=non_negative_int, help="restoration: pixels cropped on each side (default: the "
                                                         "dataset's super-resolution scale, else 0)")
     parser.add_argument("--data-options", help="dataset options as JSON, e.g. '{\"image_size\": 64}'")
     parser.add_argument("--task-options", help="task options as JSON, e.g. '{\"max_new_tokens\": 8}'")
@@ -185,7 +193,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
     options = EvalOptions(
         model=args.model, task=args.task, data=args.data, checkpoint=args.checkpoint, pretrained=args.pretrained,
-        split=args.split, num_samples=args.num_samples, batch_size=args.batch_size, device=args.device,
+        split=args.split, num_samples=args.num_samples, batch_size=args.batch_size, device=resolve_device(args.device),
         seed=args.seed, crop_border=args.crop_border, data_options=json_option("--data-options", args.data_options),
         task_options=json_option("--task-options", args.task_options),
         model_options=json_option("--model-options", args.model_options),

@@ -8,7 +8,8 @@ A result record (a dict, as `eval.bench.run_bench` returns it) holds:
     reference    None, or name, label, max_abs_diff (outputs of one call), max_abs_output, same_greedy_tokens
     timing       rounds, warmup, order, energy (its source, or None)
     implementations[name]   phases[phase]: wall_p50/p90/min/mean, cpu_p50 (seconds), runs, energy_j
-                            flops[phase], memory[phase]: peak_mib, delta_mib, measure; headline (see bench.headline)
+                            flops[phase] (2 x MAC), macs[phase] (timm's convention); memory[phase]: peak_mib,
+                            delta_mib, measure; headline (see bench.headline)
     ratios[phase]           wall, cpu, paired: reference / zoo (above 1: zoo is faster)
 
 The JSON file holds {"records": [...]}; the CSV one row per (model, implementation) with the headline figures.
@@ -33,7 +34,7 @@ README_START, README_END = "<!-- bench -->", "<!-- /bench -->"
 CSV_COLUMNS = (
     "model", "family", "task", "implementation", "device", "dtype", "batch", "threads", "input", "params", "phase",
     "latency_p50_ms", "latency_p90_ms", "cpu_p50_ms", "throughput", "throughput_unit", "ttft_ms", "tpot_ms",
-    "s_per_step", "gflop", "gflop_per_s", "peak_mem_mib", "peak_mem_delta_mib", "energy_j_per_sample",
+    "s_per_step", "gflop", "gmac", "gflop_per_s", "peak_mem_mib", "peak_mem_delta_mib", "energy_j_per_sample",
     "ratio_wall", "ratio_cpu", "ratio_paired", "max_abs_diff", "date",
 )
 
@@ -68,15 +69,15 @@ def format_record(record: dict[str, Any]) -> str:
         lines.append(parity)
     timing = record["timing"]
     lines.append(f"timing: {timing['rounds']} rounds after {timing['warmup']} warm-up, {timing['order']}; "
-                 f"FLOPs = 2 x MAC (FlopCounterMode)")
+                 f"GFLOP = 2 x GMAC (FlopCounterMode; timm reports GMAC)")
     lines.append("")
     lines.append(f"{'phase':9s} {'implementation':14s} {'p50 ms':>9s} {'p90 ms':>9s} {'CPU p50 ms':>11s} "
-                 f"{'GFLOP':>8s} {'GFLOP/s':>8s} {'peak MiB':>9s} {'+call MiB':>9s}")
+                 f"{'GFLOP':>8s} {'GMAC':>8s} {'GFLOP/s':>8s} {'peak MiB':>9s} {'+call MiB':>9s}")
     for name, result in record["implementations"].items():
         for phase, stats in result["phases"].items():
             flops = result.get("flops", {}).get(phase)
             memory = result.get("memory", {}).get(phase, {})
-            gflop = f"{flops / 1e9:8.3g}" if flops else f"{'-':>8s}"
+            gflop = f"{flops / 1e9:8.3g} {flops / 2e9:8.3g}" if flops else f"{'-':>8s} {'-':>8s}"
             rate = f"{flops / stats['wall_p50'] / 1e9:8.3g}" if flops and stats["wall_p50"] > 0 else f"{'-':>8s}"
             peak = f"{memory['peak_mib']:9.0f} {memory['delta_mib']:9.1f}" if memory else f"{'-':>9s} {'-':>9s}"
             lines.append(f"{phase:9s} {name:14s} {_ms(stats['wall_p50'])} {_ms(stats['wall_p90'])} "
@@ -129,7 +130,8 @@ def csv_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _round(value: Any) -> Any:
-    return round(value, 4) if isinstance(value, float) and math.isfinite(value) else value
+    """Six significant digits: a tiny model's GFLOP stays above 0."""
+    return float(f"{value:.6g}") if isinstance(value, float) and math.isfinite(value) else value
 
 
 def run_id(records: Sequence[dict[str, Any]], all_models: bool = False) -> str:
@@ -267,10 +269,12 @@ def readme_table(records: Sequence[dict[str, Any]]) -> str:
            else "")
         + f". Random weights, shared by both implementations ({_agreement(compared)}); medians of alternating runs after "
         "warm-up. Ratio = reference time / zoo time (above 1: zoo is faster), from wall-clock and from process CPU "
-        "time. TTFT: generate 1 token; TPOT: per further token; step: one denoiser forward.",
+        "time. TTFT: generate 1 token; TPOT: per further token; step: one denoiser forward. GMAC: multiply-accumulates "
+        "of one call of zoo's model, as timm reports them; GFLOP/s counts 2 FLOPs per MAC (FLOPs = 2 x MACs).",
         "",
-        "| Model | Setting | Input | Reference | Phase | zoo | reference | ratio (wall) | ratio (CPU) | zoo GFLOP/s |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| Model | Setting | Input | Reference | Phase | zoo | reference | ratio (wall) | ratio (CPU) | GMAC | "
+        "zoo GFLOP/s |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for record in compared:
         reference = record["reference"]["name"]
@@ -285,9 +289,10 @@ def readme_table(records: Sequence[dict[str, Any]]) -> str:
             theirs = record["implementations"][reference]["phases"][phase]["wall_p50"]
             flops = zoo.get("flops", {}).get(phase)
             rate = f"{flops / ours / 1e9:.1f}" if flops and ours > 0 else "-"
+            gmac = f"{flops / 2e9:.3g}" if flops else "-"
             lines.append(f"| `{record['model']}` | {setting} | {record['input']} | {record['reference']['label']} | "
                          f"{phase} | {_human_time(ours)} | {_human_time(theirs)} | {ratio['wall']:.2f}x | "
-                         f"{ratio['cpu']:.2f}x | {rate} |")
+                         f"{ratio['cpu']:.2f}x | {gmac} | {rate} |")
     lines += ["", ("Regenerate with `zoo bench --readme` (reads `eval/results/*.json`, writes the plots "
                    "`eval/results/summary-throughput.png` and `summary-ratios.png`).")]
     return "\n".join(lines)
@@ -305,6 +310,8 @@ def _human_time(seconds: float) -> str:
 def update_readme(readme: str | Path, records: Sequence[dict[str, Any]]) -> Path:
     """Rewrite the text between the README's bench markers; nothing else changes."""
     path = Path(readme)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file (--readme takes the README to rewrite)")
     text = path.read_text()
     pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
     if not pattern.search(text):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ZooError
+from .errors import ConfigError, InputError, ZooError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +20,77 @@ class Command:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int | None]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with one-line errors: `zoo CMD: error: ... (see `zoo CMD --help`)`, exit code 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum`."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes an integer, got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def _finite_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"takes a finite number, got {value!r}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    """An argparse type: a finite number above 0."""
+    number = _finite_float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return number
+
+
+def non_negative_float(value: str) -> float:
+    """An argparse type: a finite number of at least 0."""
+    number = _finite_float(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return number
+
+
+def resolve_device(value: str | None) -> str:
+    """The `--device` to run on: `value` (cpu, cuda or cuda:N) if this machine has it; by default cuda when available."""
+    import torch
+
+    if value is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise ConfigError(f"--device takes cpu, cuda or cuda:N, got {value!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device takes cpu, cuda or cuda:N, got {value!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {value}: CUDA is not available on this machine; use --device cpu.")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {value}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    return value
 
 
 def _list_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +105,7 @@ def _list(args: argparse.Namespace) -> None:
 
     names = list_models(args.pattern, pretrained=args.pretrained, task=args.task)
     if not args.markdown:
-        print("\n".join(names) if names else f"No model matches '{args.pattern}'.")
+        print("\n".join(names) if names else _no_match(args))
         return
     print("| Model | Task | Params | Weights (tags) | Paper | License |")
     print("|---|---|---:|---|---|---|")
@@ -42,6 +114,17 @@ def _list(args: argparse.Namespace) -> None:
         tags = ", ".join(f"`{s['tag']}`" if s["tag"] else f"`{s['hub_id']}`" for s in info["sources"]) or "-"
         paper = f"[{info['paper']}](https://arxiv.org/abs/{info['paper'].removeprefix('arXiv:')})" if info["paper"] else "-"
         print(f"| `{name}` | {info['task']} | {format_count(info['params'])} | {tags} | {paper} | {info['license'] or '-'} |")
+
+
+def _no_match(args: argparse.Namespace) -> str:
+    from .registry import TASKS, list_models
+
+    kind = f"{args.task} model" if args.task else "model"
+    message = f"No {kind}{' with published weights' if args.pretrained else ''} matches '{args.pattern}'."
+    if args.task and not list_models(task=args.task):
+        tasks = [task for task in TASKS if list_models(task=task)]
+        message = f"No {args.task} model is registered yet. Tasks with models: {', '.join(tasks)}."
+    return message
 
 
 def _info_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,13 +214,13 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video", help="input video path")
     parser.add_argument("--out", help="output file (image or video) for generative models")
     parser.add_argument("--checkpoint", help="a local model folder to load instead of the published weights")
-    parser.add_argument("--steps", type=int, help="denoising steps (default: the model's published setting)")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    parser.add_argument("--steps", type=positive_int, help="denoising steps (default: the model's published setting)")
+    parser.add_argument("--guidance", type=non_negative_float, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--frames", type=int, help="video frames to generate")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--height", type=positive_int)
+    parser.add_argument("--width", type=positive_int)
+    parser.add_argument("--frames", type=positive_int, help="video frames to generate")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=256)
     parser.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the model's own)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
@@ -147,9 +230,16 @@ def _run(args: argparse.Namespace) -> None:
 
     entry, _ = split_name(args.name)
     family = get_family(entry.family)
-    if family.runner is None:
+    runner = family.load_runner()
+    if runner is None:
         raise ZooError(f"`zoo run` does not support the '{family.name}' family yet.")
-    family.runner(args.name, args)
+    if args.checkpoint is None and not entry.sources:
+        raise ZooError(f"'{entry.name}' has no published weights: train it (`zoo train`) or convert a checkpoint "
+                       f"(`zoo convert`), then use --checkpoint DIR.")
+    if args.checkpoint is not None and not Path(args.checkpoint).exists():
+        raise InputError(f"--checkpoint {args.checkpoint}: no such file or folder.")
+    args.device = resolve_device(args.device)
+    runner(args.name, args)
 
 
 def json_option(flag: str, value: str | None) -> dict[str, Any]:
@@ -200,7 +290,7 @@ COMMANDS: dict[str, Command] = {
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="zoo", description="A zoo of small, fast multimodal models.")
+    parser = ArgumentParser(prog="zoo", description="A zoo of small, fast multimodal models.")
     parser.add_argument("--version", action="version", version=f"zoo {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS.values():
@@ -211,11 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command's parser, which has the options that were meant
+        parser.exit(2, f"zoo {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
+                       f"(see `zoo {args.command} --help`)\n")
     try:
         return args.run(args) or 0
     except ZooError as error:
-        print(f"zoo {args.command}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, whatever the message's layout
+        print(f"zoo {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,13 +2,15 @@
 
 A model name is lowercase with hyphens (``smolvlm-256m``); ``name.tag`` selects one published source
 (``smolvlm-256m.base``) and the bare name selects the first one, as in timm. Family files register
-themselves at import (``zoo/__init__.py`` imports them all); nothing here downloads or builds weights.
+themselves when imported; the first lookup here imports zoo's family packages, so ``import zoo`` stays cheap
+(the CLI's ``--help`` imports no torch). Nothing here downloads or builds weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import importlib
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -20,6 +22,7 @@ from .config import ZooConfig
 from .errors import ConfigError, UnknownModelError, closest, shorten
 
 TASKS = ("vlm", "diffusion", "restoration", "backbone", "language")
+FAMILY_PACKAGES = ("zoo.backbones", "zoo.diffusion", "zoo.restoration", "zoo.vlm")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*[a-z0-9]$")
 _TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
@@ -124,12 +127,20 @@ class Family:
 
     `runner(name, args)` serves `zoo run NAME ...` for the family's models: it loads the model (and its
     pipeline), runs it on the inputs in `args` (the parsed `zoo run` options) and prints or writes the result.
+    A dotted path (``"zoo.backbones.classify:run"``) names a runner imported only when it runs.
     """
 
     name: str
     model_cls: type[nn.Module]
     converters: dict[str, Converter]
-    runner: Callable[[str, Any], None] | None = None
+    runner: Callable[[str, Any], None] | str | None = None
+
+    def load_runner(self) -> Callable[[str, Any], None] | None:
+        """`runner`, imported first if it is a dotted path."""
+        if isinstance(self.runner, str):
+            module, _, function = self.runner.partition(":")
+            return getattr(importlib.import_module(module), function)
+        return self.runner
 
     @property
     def config_cls(self) -> type[ZooConfig]:
@@ -197,7 +208,7 @@ def register_family(
     name: str,
     model_cls: type[nn.Module],
     converters: Collection[Converter] = (),
-    runner: Callable[[str, Any], None] | None = None,
+    runner: Callable[[str, Any], None] | str | None = None,
 ) -> Family:
     """Register a family. Zoo's own format (config fields as written by save_pretrained) is always readable."""
     if name in _FAMILIES:
@@ -247,18 +258,27 @@ def unregister_family(name: str) -> None:
     _FAMILIES.pop(name)
 
 
+def import_families() -> None:
+    """Import zoo's family packages, which register their models (at once after the first call)."""
+    for package in FAMILY_PACKAGES:
+        importlib.import_module(package)
+
+
 def get_family(name: str) -> Family:
+    import_families()
     if name not in _FAMILIES:
         raise UnknownModelError(f"Unknown family '{name}'. Families: {', '.join(sorted(_FAMILIES))}.")
     return _FAMILIES[name]
 
 
 def families() -> list[Family]:
+    import_families()
     return list(_FAMILIES.values())
 
 
 def split_name(name: str) -> tuple[ModelEntry, str | None]:
     """Resolve `name` or `name.tag` to its entry and tag. Unknown names suggest the closest ones."""
+    import_families()
     if name in _MODELS:
         return _MODELS[name], None
     base, _, tag = name.rpartition(".")
@@ -283,6 +303,7 @@ def list_models(
     With `pretrained=True` only models with published weights, listed as `name.tag` (as timm does;
     `include_tags=False` lists bare names).
     """
+    import_families()
     if task is not None and task not in TASKS:
         raise ConfigError(f"Unknown task '{task}'. Tasks: {', '.join(TASKS)}.")
     include_tags = pretrained if include_tags is None else include_tags

@@ -188,6 +188,6 @@ def test_pipeline_repo_from_the_cache_offline_and_zoo_run(folders, tmp_path, hf_
 
 def test_zoo_run_errors_are_one_line(capsys):
     assert main(["run", "wan-tiny", "--prompt", "a cat"]) == 2
-    assert "'wan-tiny' has no published pipeline: pass --checkpoint" in capsys.readouterr().err
+    assert "'wan-tiny' has no published weights" in (err := capsys.readouterr().err) and "--checkpoint DIR" in err
     assert main(["run", "wan2.1-t2v-1.3b"]) == 2
     assert "needs --prompt" in capsys.readouterr().err

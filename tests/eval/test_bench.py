@@ -51,6 +51,32 @@ def test_cli_writes_json_csv_and_plots(tmp_path, capsys):
     assert (tmp_path / f"{stem}-throughput.png").stat().st_size > 0
 
 
+def test_macs_are_reported_next_to_flops_and_labelled(tmp_path, capsys):
+    """timm and most papers report MACs; zoo's FLOPs are 2 x MAC. Both are written, labelled, everywhere."""
+    assert main(["bench", "toy-tiny", "--repeats", "1", "--warmup", "0", "--batch", "2", "--no-memory", "--no-plots",
+                 "--out", str(tmp_path)]) == 0
+    macs = 2 * (8 * 16 + 16 * 16 + 16 * 3)  # three Linear layers, batch 2
+    out = capsys.readouterr().out
+    assert "GFLOP = 2 x GMAC" in out
+    header = next(line for line in out.splitlines() if line.startswith("phase"))
+    row = next(line for line in out.splitlines() if line.startswith("forward"))
+    assert header.split()[-7:-4] == ["GFLOP", "GMAC", "GFLOP/s"]
+    gflop, gmac = map(float, row.split()[-5:-3])
+    assert gflop == pytest.approx(2 * macs / 1e9, rel=1e-2) and gmac == pytest.approx(macs / 1e9, rel=1e-2)
+    record = json.loads((tmp_path / "toy-tiny-cpu-float32-b2.json").read_text())["records"][0]
+    zoo = record["implementations"]["zoo"]
+    assert zoo["macs"] == {"forward": macs} and zoo["flops"] == {"forward": 2 * macs}
+    assert zoo["headline"]["gmac"] == macs / 1e9 and zoo["headline"]["gflop"] == 2 * macs / 1e9
+    row = next(csv.DictReader((tmp_path / "toy-tiny-cpu-float32-b2.csv").open()))
+    assert float(row["gmac"]) * 2 == float(row["gflop"]) > 0
+    record["reference"] = {"name": "ref", "label": "a reference", "max_abs_diff": 0.0, "max_abs_output": 1.0}
+    record["implementations"]["ref"] = zoo
+    record["ratios"] = {"forward": {"wall": 1.0, "cpu": 1.0, "paired": 1.0}}
+    table = readme_table([record])
+    assert "GMAC: multiply-accumulates" in table and "(FLOPs = 2 x MACs)" in table
+    assert "| ratio (CPU) | GMAC | zoo GFLOP/s |" in table and f"| {macs / 1e9:.3g} |" in table
+
+
 def test_all_tiny_covers_every_family(tmp_path, capsys):
     from zoo.registry import families, list_models
 

@@ -421,7 +421,7 @@ TIMM = Converter(
 )
 ORIGINAL = Converter("original", convert_state_dict=_original_to_zoo, matches_keys=_is_original)
 
-register_family("lowformer", LowFormer, [TIMM, ORIGINAL])
+register_family("lowformer", LowFormer, [TIMM, ORIGINAL], runner="zoo.backbones.classify:run")
 
 IMAGENET_EVAL = {
     "input_size": (3, 224, 224), "interpolation": "bicubic", "crop_pct": 0.95,

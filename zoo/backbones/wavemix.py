@@ -342,7 +342,7 @@ def _is_original(keys: Collection[str]) -> bool:
 
 ORIGINAL = Converter("original", convert_state_dict=_original_to_zoo, matches_keys=_is_original)
 
-register_family("wavemix", WaveMix, [ORIGINAL])
+register_family("wavemix", WaveMix, [ORIGINAL], runner="zoo.backbones.classify:run")
 
 HUB_ID = "cloudwalker/wavemix"
 IMAGENET_MEAN_STD = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}

@@ -15,6 +15,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import functools
+import importlib.util
 from types import ModuleType
 
 import torch
@@ -108,14 +109,13 @@ def _flash_attn() -> ModuleType | None:
     return flash_attn
 
 
-@torch.compiler.assume_constant_result  # torch.compile cannot trace the import
-def _flash_attn_installed() -> bool:
-    return _flash_attn() is not None
+# A constant, as torch.compile cannot trace the import (find_spec does not import; `_flash_attn` does when used).
+_FLASH_ATTN_INSTALLED = importlib.util.find_spec("flash_attn") is not None
 
 
 def _flash_unsupported(q: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None) -> str | None:
     """Why flash-attn cannot run these inputs, or None if it can."""
-    if not _flash_attn_installed():
+    if not _FLASH_ATTN_INSTALLED:
         return "flash-attn is not installed"
     if not q.is_cuda:
         return f"flash-attn needs CUDA tensors, got {q.device}"

@@ -1,0 +1,86 @@
+"""`zoo run` for image classifiers (LowFormer, WaveMix): the top-5 classes of each --image, as timm's inference prints.
+
+    zoo run lowformer-b1 --image cat.jpg
+    zoo run lowformer-tiny --checkpoint runs/lowformer-tiny-shapes/model --image shape.png
+
+Images are preprocessed as the weights were evaluated (the source's resize, crop, mean and std; see
+`PretrainedSource.preprocess`). Classes are named for ImageNet heads (timm's `ImageNetInfo`) and CIFAR-10; other
+heads print class indices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from zoo.errors import InputError
+from zoo.factory import create, from_pretrained
+from zoo.registry import ModelEntry, split_name
+
+TOP_K = 5
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# A model trained by `zoo train` from random weights normalises as the classification task does (0.5 / 0.5).
+UNPUBLISHED_PREPROCESS = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
+def preprocess_settings(entry: ModelEntry, tag: str | None) -> dict[str, Any]:
+    """timm's eval data config (input_size, interpolation, crop_pct, mean, std) for `name.tag`.
+
+    The published source's settings; for a model without published weights, the training task's normalisation at
+    the registered input size. The shorter side is resized to input_size / crop_pct, then the centre is cropped.
+    """
+    preprocess = dict(entry.source(tag).preprocess) if entry.sources else dict(UNPUBLISHED_PREPROCESS)
+    if "input_size" not in preprocess:
+        preprocess["input_size"] = tuple(entry.default_input.tensors["pixel_values"].shape)
+    return {"interpolation": "bilinear", "crop_pct": 1.0, **UNPUBLISHED_PREPROCESS, **preprocess}
+
+
+def class_names(num_classes: int, tag: str | None) -> list[str] | None:
+    """Names of the classes of a `num_classes` head: ImageNet's (timm's subsets by size), CIFAR-10's, or None."""
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset({"num_classes": num_classes})
+    if subset is not None:
+        info = ImageNetInfo(subset)
+        return [info.index_to_description(index) for index in range(num_classes)]
+    if tag == "cifar10" and num_classes == len(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES)
+    return None
+
+
+def load_image(path: str, transform: Any) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return transform(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as error:
+        raise InputError(f"--image {path}: cannot read it as an image ({error}).") from None
+
+
+def run(name: str, args: Any) -> None:
+    """`zoo run NAME --image PATH [--image PATH ...] [--checkpoint DIR]`: print each image's top-5 classes."""
+    from timm.data import create_transform
+
+    if not args.image:
+        raise InputError(f"zoo run {name} classifies images: give one or more with --image PATH.")
+    entry, tag = split_name(name)
+    if args.checkpoint:
+        model = from_pretrained(args.checkpoint, family=entry.family, dtype=args.dtype or "auto", device=args.device)
+    else:
+        model = create(name, pretrained=True, dtype=args.dtype, device=args.device)
+    model.eval()
+    config = preprocess_settings(entry, tag)
+    transform = create_transform(**config, is_training=False)
+    pixels = torch.stack([load_image(path, transform) for path in args.image])
+    parameter = next(model.parameters())
+    with torch.no_grad():
+        probabilities = model(pixels.to(parameter.device, parameter.dtype)).float().softmax(dim=-1)
+    names = class_names(probabilities.shape[-1], tag)
+    top = probabilities.topk(min(TOP_K, probabilities.shape[-1]), dim=-1)
+    for path, values, indices in zip(args.image, top.values.tolist(), top.indices.tolist()):
+        print(f"{path}:")
+        for rank, (probability, index) in enumerate(zip(values, indices), start=1):
+            label = f"  {names[index]}" if names else ""
+            print(f"  {rank}. {probability * 100:6.2f}%  class {index}{label}")
