@@ -183,8 +183,6 @@ def run_smolvlm(name: str, args: Any) -> None:
 
     if not args.prompt:
         raise InputError("zoo run needs --prompt for a vision-language model")
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.checkpoint:
         source, revision = args.checkpoint, None
