@@ -2,7 +2,8 @@
 
 `<family>.md` is the body of the card (Jinja). Its metadata header is built by `zoo.hub.render_model_card` with
 huggingface_hub's `ModelCardData`, from the registry and from `metadata(family, name)`: the family's Hub tags and
-pipeline, and the data its published weights were trained on (a trained model's card names its own data instead).
+pipeline. The data the published weights were trained on comes from their registry source (a trained model's card names
+its own data instead).
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 _FAMILIES: dict[str, dict[str, Any]] = {
-    "lowformer": {"tags": ["image-classification", "backbone"], "pipeline_tag": "image-classification",
-                  "datasets": ["imagenet-1k"]},
+    "lowformer": {"tags": ["image-classification", "backbone"], "pipeline_tag": "image-classification"},
     "wavemix": {"tags": ["backbone"]},
     "wan": {"tags": ["video-generation"]},
     "zimage": {"tags": ["text-to-image"], "pipeline_tag": "text-to-image"},
@@ -19,7 +19,7 @@ _FAMILIES: dict[str, dict[str, Any]] = {
 
 
 def metadata(family: str, name: str) -> dict[str, Any]:
-    """The card metadata particular to `family` (model `name`): `tags`, `pipeline_tag`, `datasets` (all optional)."""
+    """The card metadata particular to `family` (model `name`): `tags` and `pipeline_tag` (both optional)."""
     if family == "wan":
         return {**_FAMILIES["wan"], "pipeline_tag": "image-to-video" if "-i2v-" in name else "text-to-video"}
     return _FAMILIES.get(family, {})

@@ -334,6 +334,21 @@ def test_published_model_card_keeps_its_dataset():
     assert "datasets" not in hub.render_model_card(zoo.create("lowformer-tiny"))  # random weights: no data
 
 
+@pytest.mark.parametrize("name, tag, dataset", [
+    ("wavemix-144-7-l1-cifar10", None, "cifar10"),
+    ("wavemix-192-16-l3-tinyimagenet", "tinyimagenet_r128", "tiny-imagenet"),
+    ("wavemix-192-16-l3-galaxy10", None, "galaxy10-decals"),
+])
+def test_published_card_names_the_data_of_the_weights_tag(name, tag, dataset):
+    from huggingface_hub import ModelCard
+
+    with torch.device("meta"):
+        model = zoo.create(name)
+    model.zoo_tag = tag
+    card = ModelCard(hub.render_model_card(model))
+    assert card.data.datasets == [dataset] and "imagenet-1k" not in str(card.data)
+
+
 def test_trained_model_card_names_its_own_data(tmp_path):
     from huggingface_hub import ModelCard
 

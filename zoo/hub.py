@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import CheckpointError, ConfigError, HubError, PushError, UnknownModelError, shorten
-from .registry import Converter, count_parameters, format_count, get_entry
+from .errors import CheckpointError, ConfigError, HubError, PushError, shorten
+from .registry import Converter, count_parameters, format_count, published_source
 
 logger = logging.getLogger(__name__)
 
@@ -685,11 +685,7 @@ def render_model_card(model: nn.Module, repo_id: str | None = None, card_data: d
 
     import hub_cards
 
-    try:
-        entry = get_entry(model.zoo_name) if model.zoo_name else None
-    except UnknownModelError:  # saved by a zoo that registered a name this one does not
-        entry = None
-    source = entry.sources[0] if entry is not None and entry.sources else None
+    entry, source = published_source(model.zoo_name, model.zoo_tag)
     params = count_parameters(model)
     context = {
         "name": model.zoo_name or model.family,
@@ -710,7 +706,7 @@ def render_model_card(model: nn.Module, repo_id: str | None = None, card_data: d
     if "datasets" in context:
         datasets = _hub_datasets(context["datasets"])
     else:
-        datasets = family.get("datasets", []) if source else []
+        datasets = list(source.datasets) if source else []
     tags = ["zoo", model.family, context["task"], *family.get("tags", []),
             f"arxiv:{context['paper']}" if context["paper"] else ""]
     header = _card_data(library_name="zoo", license=context["license"], tags=list(dict.fromkeys(filter(None, tags))),

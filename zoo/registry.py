@@ -34,7 +34,8 @@ class PretrainedSource:
     `files` are file names or glob patterns inside the repo (after `subfolder`); left empty, the
     loader takes the repo's standard weight files. `format` names a converter of the family.
     `preprocess` is the evaluation preprocessing the published metrics were measured with, as timm's
-    pretrained_cfg spells it (input_size, interpolation, crop_pct, mean, std).
+    pretrained_cfg spells it (input_size, interpolation, crop_pct, mean, std). `datasets` names the data the
+    weights were trained on (Hub dataset ids where there are any), for the model card.
     """
 
     hub_id: str
@@ -46,6 +47,7 @@ class PretrainedSource:
     license: str = ""
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
     preprocess: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    datasets: tuple[str, ...] = ()
     notes: str = ""
 
 
@@ -293,6 +295,16 @@ def split_name(name: str) -> tuple[ModelEntry, str | None]:
 
 def get_entry(name: str) -> ModelEntry:
     return split_name(name)[0]
+
+
+def published_source(name: str | None, tag: str | None = None) -> tuple[ModelEntry | None, PretrainedSource | None]:
+    """The entry of a model's registered `name` and the published source of its `tag` (the first for no tag), each
+    None where there is none or this zoo does not register it (a model saved by another version)."""
+    try:
+        entry = get_entry(name) if name else None
+        return entry, entry.source(tag) if entry is not None and entry.sources else None
+    except UnknownModelError:
+        return None, None
 
 
 def list_models(

@@ -450,7 +450,7 @@ for _variant, (_params, _top1, _macs) in _PUBLISHED.items():
         sources=(
             PretrainedSource(
                 f"timm/{_timm_architecture(_variant)}.in1k", tag="in1k", format="timm", license="apache-2.0",
-                metrics={"top1": _top1}, preprocess=IMAGENET_EVAL,
+                metrics={"top1": _top1}, preprocess=IMAGENET_EVAL, datasets=("imagenet-1k",),
             ),
         ),
         paper="2603.26551" if _edge else "2409.03460",

@@ -59,15 +59,10 @@ class TimmBackbone(ZooModel):
         license, num_classes, first conv and classifier."""
         if self._pretrained_cfg is not None:
             return self._pretrained_cfg
-        from ..errors import UnknownModelError
-        from ..registry import get_entry
+        from ..registry import published_source
 
         cfg = {"architecture": self.zoo_name or self.family, "tag": None, **DEFAULT_PREPROCESS, **self.preprocess}
-        try:
-            entry = get_entry(self.zoo_name) if self.zoo_name else None
-            source = entry.source(self.zoo_tag) if entry is not None and entry.sources else None
-        except UnknownModelError:  # saved by a zoo that registered a name or tag this one does not
-            entry = source = None
+        entry, source = published_source(self.zoo_name, self.zoo_tag)
         if source is not None:
             cfg.update(tag=source.tag, hf_hub_id=source.hub_id, license=source.license, **source.preprocess)
         elif entry is not None and entry.default_input is not None and "pixel_values" in entry.default_input.tensors:

@@ -355,10 +355,15 @@ TINYIMAGENET_EVAL = {"input_size": (3, 64, 64), "mean": (0.4825, 0.4499, 0.3984)
 PAPER = "2205.14375"
 
 
+# The data each tag's weights were trained on, as the Hub names those data sets.
+DATASETS = {"in1k": "imagenet-1k", "cifar10": "cifar10", "cifar100": "cifar100", "places365": "places365",
+            "galaxy10": "galaxy10-decals", "cityscapes": "cityscapes", "tinyimagenet": "tiny-imagenet"}
+
+
 def _source(tag: str, file: str, metrics: dict[str, float], preprocess: dict, notes: str = "") -> PretrainedSource:
     return PretrainedSource(
         HUB_ID, tag=tag, files=(f"Saved_Models_Weights/{file}",), format="original", license="mit",
-        metrics=metrics, preprocess=preprocess, notes=notes,
+        metrics=metrics, preprocess=preprocess, datasets=(DATASETS[tag.partition("_")[0]],), notes=notes,
     )
 
 
