@@ -240,8 +240,9 @@ def _sample_ids(samples: list[dict[str, Any]]) -> torch.Tensor:
 class ClassificationTask(Task):
     """Images -> class logits (B, num_classes); cross-entropy (optional label smoothing), top-1 accuracy.
 
-    Pixels are normalised with `mean` / `std` (default: the published preprocessing of a pretrained model, else
-    0.5 / 0.5). The model's classifier is sized to the dataset's classes: through `num_classes` for a new model,
+    Pixels are normalised with `mean` / `std` (default: the pretrained model's `pretrained_cfg`, else 0.5 / 0.5).
+    The model's `pretrained_cfg` then records them with the data's image size (images are resized to it, uncropped),
+    so that timm's `resolve_data_config` and `zoo run` prepare images as the weights were trained. The model's classifier is sized to the dataset's classes: through `num_classes` for a new model,
     through `reset_classifier` (timm's contract) for a loaded one.
     """
 
@@ -280,10 +281,12 @@ class ClassificationTask(Task):
                     f"reset_classifier to resize its head."
                 )
             model.reset_classifier(dataset.num_classes)
-        preprocess = dict(source.entry.sources[0].preprocess) if source.pretrained and source.entry \
-            and source.entry.sources else {}
-        self.mean = tuple(self.mean or preprocess.get("mean", (0.5, 0.5, 0.5)))
-        self.std = tuple(self.std or preprocess.get("std", (0.5, 0.5, 0.5)))
+        published = getattr(model, "pretrained_cfg", {}) if source.pretrained else {}
+        self.mean = tuple(self.mean or published.get("mean", (0.5, 0.5, 0.5)))
+        self.std = tuple(self.std or published.get("std", (0.5, 0.5, 0.5)))
+        if hasattr(model, "pretrained_cfg"):  # saved with the model: the images its trained weights expect
+            model.pretrained_cfg = {**model.pretrained_cfg, "input_size": tuple(dataset[0]["image"].shape),
+                                    "interpolation": "bicubic", "crop_pct": 1.0, "mean": self.mean, "std": self.std}
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         images = torch.stack([sample["image"] for sample in samples])

@@ -99,6 +99,9 @@ def from_pretrained(
     state_dict = hub.load_state_dict(weights_folder)
     hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter, dtype=target_dtype)
     model.zoo_name, model.zoo_tag = published_config.get("zoo_name"), published_config.get("zoo_tag")
+    if "zoo_pretrained_cfg" in published_config:
+        model.pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v
+                                for k, v in published_config["zoo_pretrained_cfg"].items()}
     return model.eval().to(device=device, dtype=target_dtype)
 
 

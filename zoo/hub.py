@@ -543,6 +543,8 @@ def save_pretrained(
         (folder / SAFETENSORS_INDEX_NAME).write_text(json.dumps(index, indent=2))
     config = {"zoo_family": model.family, "zoo_name": model.zoo_name, "zoo_tag": model.zoo_tag,
               "zoo_version": __version__, **model.config.to_dict()}
+    if hasattr(model, "pretrained_cfg"):
+        config["zoo_pretrained_cfg"] = model.pretrained_cfg
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     (folder / "README.md").write_text(render_model_card(model, repo_id=repo_id, card_data=card_data))
     return folder

@@ -37,11 +37,11 @@ def test_classification_checkpoint_folder_and_card(tmp_path, capsys):
     again = run_eval(EvalOptions("lowformer-tiny", data="shapes", num_samples=24, checkpoint=str(folder),
                                  model_options={"num_classes": 4}))
     assert again["metrics"] == pytest.approx(result["metrics"])
-    # by hand: the task's batches and the model's logits
+    # by hand: the task's batches, normalised as the saved model's pretrained_cfg says, and the model's logits
     from train.tasks import get_task
     from zoo.data import load_dataset
 
-    task = get_task("classification")
+    task = get_task("classification", mean=model.pretrained_cfg["mean"], std=model.pretrained_cfg["std"])
     dataset = torch.utils.data.Subset(load_dataset("shapes", "classification", "eval", image_size=64,
                                                    eval_samples=24), range(24))
     model.eval()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from timm.data import resolve_data_config
 
+import zoo
 from eval.metrics import psnr
 from train import TrainConfig, fit
 from train.tasks import (
@@ -42,6 +44,9 @@ def test_classification_beats_chance(tmp_path):
     assert result.model.num_classes == 4  # sized to the data
     assert result.metrics["accuracy"] >= 0.6, result.metrics  # chance: 0.25
     assert result.losses[-1] < result.losses[0]
+    config = resolve_data_config(model=zoo.from_pretrained(result.model_dir))  # as the weights were trained
+    assert (config["input_size"], config["crop_pct"], config["mean"], config["std"]) == ((3, 32, 32), 1.0, (0.5,) * 3,
+                                                                                         (0.5,) * 3)
 
 
 def test_restoration_beats_the_degraded_input(tmp_path, toy_restoration_family):

@@ -3,37 +3,24 @@
     zoo run lowformer-b1 --image cat.jpg
     zoo run lowformer-tiny --checkpoint runs/lowformer-tiny-shapes/model --image shape.png
 
-Images are preprocessed as the weights were evaluated (the source's resize, crop, mean and std; see
-`PretrainedSource.preprocess`). Classes are named for ImageNet heads (timm's `ImageNetInfo`) and CIFAR-10; other
-heads print class indices.
+Images are preprocessed as the model's `pretrained_cfg` says, through timm's `resolve_data_config`: the published
+source's resize, crop, mean and std, or the normalisation `zoo train` trained the weights with. Classes are named for
+ImageNet heads (timm's `ImageNetInfo`) and CIFAR-10; other heads print class indices.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from zoo.errors import InputError
 from zoo.factory import create, from_pretrained
-from zoo.registry import ModelEntry, split_name
+from zoo.registry import split_name
 
 TOP_K = 5
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-# A model trained by `zoo train` from random weights normalises as the classification task does (0.5 / 0.5).
-UNPUBLISHED_PREPROCESS = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-
-
-def preprocess_settings(entry: ModelEntry, tag: str | None) -> dict[str, Any]:
-    """timm's eval data config (input_size, interpolation, crop_pct, mean, std) for `name.tag`.
-
-    The published source's settings; for a model without published weights, the training task's normalisation at
-    the registered input size. The shorter side is resized to input_size / crop_pct, then the centre is cropped.
-    """
-    preprocess = dict(entry.source(tag).preprocess) if entry.sources else dict(UNPUBLISHED_PREPROCESS)
-    if "input_size" not in preprocess:
-        preprocess["input_size"] = tuple(entry.default_input.tensors["pixel_values"].shape)
-    return {"interpolation": "bilinear", "crop_pct": 1.0, **UNPUBLISHED_PREPROCESS, **preprocess}
 
 
 def class_names(num_classes: int, tag: str | None) -> list[str] | None:
@@ -61,23 +48,25 @@ def load_image(path: str, transform: Any) -> torch.Tensor:
 
 def run(name: str, args: Any) -> None:
     """`zoo run NAME --image PATH [--image PATH ...] [--checkpoint DIR]`: print each image's top-5 classes."""
-    from timm.data import create_transform
+    from timm.data import create_transform, resolve_data_config
 
     if not args.image:
         raise InputError(f"zoo run {name} classifies images: give one or more with --image PATH.")
-    entry, tag = split_name(name)
+    missing = [path for path in args.image if not Path(path).is_file()]
+    if missing:
+        raise InputError(f"--image {missing[0]}: no such file.")
+    entry, _ = split_name(name)
     if args.checkpoint:
         model = from_pretrained(args.checkpoint, family=entry.family, dtype=args.dtype or "auto", device=args.device)
     else:
         model = create(name, pretrained=True, dtype=args.dtype, device=args.device)
     model.eval()
-    config = preprocess_settings(entry, tag)
-    transform = create_transform(**config, is_training=False)
+    transform = create_transform(**resolve_data_config(model=model))
     pixels = torch.stack([load_image(path, transform) for path in args.image])
     parameter = next(model.parameters())
     with torch.no_grad():
         probabilities = model(pixels.to(parameter.device, parameter.dtype)).float().softmax(dim=-1)
-    names = class_names(probabilities.shape[-1], tag)
+    names = class_names(probabilities.shape[-1], model.pretrained_cfg.get("tag"))
     top = probabilities.topk(min(TOP_K, probabilities.shape[-1]), dim=-1)
     for path, values, indices in zip(args.image, top.values.tolist(), top.indices.tolist()):
         print(f"{path}:")
