@@ -88,7 +88,6 @@ def test_trackers_are_finished_when_training_fails(tmp_path, memory_tracker):
 
 
 def test_tensorboard_through_the_cli(tmp_path, capsys):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     assert main([*FLAGS, "--output-dir", str(tmp_path / "run"), "--report-to", "tensorboard"]) == 0
