@@ -17,3 +17,13 @@ def randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
                 module.weight.copy_(1 + 0.1 * torch.randn(module.weight.shape, generator=generator))
                 module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
     return model
+
+
+def randomize_biases(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Every parameter named `*bias` (norm biases included) set to N(0, 0.1^2), so a dropped bias shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    return model
