@@ -9,6 +9,7 @@ import torch
 
 import zoo
 from tests.backbones.norms import randomize_biases, randomize_norms
+from tests.hub_server import populate_cache
 from zoo.backbones.clip import CLIPVision, CLIPVisionConfig, clip_vision_config_from_transformers
 
 transformers = pytest.importorskip("transformers")
@@ -72,10 +73,7 @@ def test_non_square_images_with_interpolated_positions_match_transformers(tmp_pa
 
 
 def test_reads_the_vision_tower_of_a_full_clip_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    text = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
-    reference = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=VISION)).eval()
-    randomize_biases(randomize_norms(reference))
+    reference = _full_clip()
     reference.save_pretrained(tmp_path)
     model = zoo.from_pretrained(tmp_path)
     assert isinstance(model, CLIPVision) and model.config == CLIPVisionConfig(**VISION)
@@ -83,6 +81,24 @@ def test_reads_the_vision_tower_of_a_full_clip_checkpoint(tmp_path):
     with torch.no_grad():
         expected = reference.vision_model(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
         assert (model.select_features(pixels) - expected).abs().max() < 1e-4
+
+
+def _full_clip():
+    torch.manual_seed(0)
+    text = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
+    reference = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=VISION)).eval()
+    return randomize_biases(randomize_norms(reference))
+
+
+def test_registered_source_loads_through_the_hub_cache(tmp_path, hf_cache, offline):
+    reference = _full_clip()
+    reference.save_pretrained(tmp_path / "ckpt")
+    populate_cache(hf_cache, "openai/clip-vit-large-patch14-336", tmp_path / "ckpt")
+    model = zoo.create("clip-vit-l-336", pretrained=True, **VISION)
+    pixels = _pixels()
+    with torch.no_grad():
+        expected = reference.vision_model(pixels).pooler_output
+        assert (model(pixels).pooler_output - expected).abs().max() < 1e-4
 
 
 def test_config_reader_applies_transformers_defaults():
