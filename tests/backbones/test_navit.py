@@ -9,6 +9,7 @@ import torch
 
 import zoo
 from tests.backbones.norms import randomize_biases, randomize_norms
+from tests.hub_server import populate_cache
 from zoo.backbones.navit import NaViTSiglip, navit_config_from_transformers, navit_position_ids, patchify
 
 transformers = pytest.importorskip("transformers")
@@ -49,6 +50,17 @@ def test_packed_images_and_video_match_transformers(tmp_path):
     assert (output - expected).abs().max() < 1e-4
     # frames attend only within themselves: the video alone gives the same tokens as in the packed call
     assert (output[-18:] - alone).abs().max() < 1e-5
+
+
+def test_registered_source_loads_through_the_hub_cache(tmp_path, hf_cache, offline):
+    reference = _reference()
+    reference.save_pretrained(tmp_path / "ckpt")
+    populate_cache(hf_cache, "ZJU-AI4H/SigLip-NaViT", tmp_path / "ckpt")
+    shape = {k: v for k, v in VISION.items() if k != "rope_parameters"}
+    model = zoo.create("siglip-navit", pretrained=True, rope_theta=500.0, **shape)
+    inputs = _packed()
+    with torch.no_grad():
+        assert (model(**inputs) - reference(**inputs).last_hidden_state).abs().max() < 1e-4
 
 
 def test_position_ids_follow_merge_blocks():
