@@ -183,7 +183,8 @@ class NaViTSiglip(ZooModel):
     def _merge(x: torch.Tensor, grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> list[torch.Tensor]:
         """Each item's tokens, back in row-major order and bilinearly down-sampled by its merge size."""
         merged = []
-        for tokens, (t, h, w), m in zip(x.split(grid_thw.prod(dim=1).tolist()), grid_thw.tolist(), merge_sizes.tolist()):
+        items = zip(x.split(grid_thw.prod(dim=1).tolist()), grid_thw.tolist(), merge_sizes.tolist())
+        for tokens, (t, h, w), m in items:
             frames = rearrange(tokens, "(t hb wb m1 m2) d -> t (hb m1 wb m2) d", t=t, hb=h // m, wb=w // m, m1=m, m2=m)
             merged.append(downsample_token_grid(frames, (h, w), m, mode="bilinear")[0].flatten(0, 1))
         return merged

@@ -68,7 +68,9 @@ class QFormerLayer(nn.Module):
         self.self_attn_norm = LayerNorm(dim, eps=eps)
         self.cross_attn = self.cross_attn_norm = None
         if cross_attention:
-            self.cross_attn = Attention(dim, heads, context_dim=config.encoder_hidden_size, qkv_bias=True, out_bias=True)
+            self.cross_attn = Attention(
+                dim, heads, context_dim=config.encoder_hidden_size, qkv_bias=True, out_bias=True
+            )
             self.cross_attn_norm = LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, config.intermediate_size, act_layer=activation_layer(config.hidden_act))
         self.mlp_norm = LayerNorm(dim, eps=eps)
@@ -104,8 +106,8 @@ class QFormer(nn.Module):
             raise InputError(f"query_embeds must be (B, Q, {hidden}), got {tuple(query_embeds.shape)}.")
         states = encoder_hidden_states
         if states.ndim != 3 or (states.shape[0], states.shape[2]) != (query_embeds.shape[0], encoder_hidden):
-            raise InputError(f"encoder_hidden_states must be (B, S, {encoder_hidden}) with B = {query_embeds.shape[0]}, "
-                             f"got {tuple(encoder_hidden_states.shape)}.")
+            raise InputError(f"encoder_hidden_states must be (B, S, {encoder_hidden}) with B = "
+                             f"{query_embeds.shape[0]}, got {tuple(states.shape)}.")
         mask = None if encoder_attention_mask is None else padding_mask(encoder_attention_mask)
         x = self.layernorm(query_embeds)
         context = encoder_hidden_states.to(x.dtype)
