@@ -151,7 +151,8 @@ def _resize_position_embedding(state_dict: dict[str, torch.Tensor], config: EvaV
     state_dict["embeddings.position_embedding"] = torch.cat((positions[0, :1], patches))[None]
 
 
-def _finish(state_dict: dict[str, torch.Tensor], config: EvaVisionConfig) -> dict[str, torch.Tensor]:
+def _fit_to_config(state_dict: dict[str, torch.Tensor], config: EvaVisionConfig) -> dict[str, torch.Tensor]:
+    """Drop `post_layernorm` unless configured; resize the positions to the configured image size."""
     if not config.post_layernorm:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("post_layernorm.")}
     if "embeddings.position_embedding" in state_dict:
@@ -179,7 +180,7 @@ def eva_state_dict_from_transformers(state_dict: dict[str, torch.Tensor], config
             converted[key.replace("qkv.bias", "q_bias")], converted[key.replace("qkv.bias", "v_bias")] = q_bias, v_bias
         else:
             converted[key] = value
-    return _finish(converted, config)
+    return _fit_to_config(converted, config)
 
 
 _LAVIS_RULES = [
@@ -200,4 +201,4 @@ def eva_state_dict_from_lavis(state_dict: dict[str, torch.Tensor], config: EvaVi
     positions resized to `config.image_size`."""
     if any(k.startswith("visual_encoder.") for k in state_dict):
         state_dict = {k: v for k, v in state_dict.items() if k.startswith(("visual_encoder.", "ln_vision."))}
-    return _finish(rename_keys(state_dict, _LAVIS_RULES), config)
+    return _fit_to_config(rename_keys(state_dict, _LAVIS_RULES), config)

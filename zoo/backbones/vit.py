@@ -34,7 +34,9 @@ class EncoderLayer(nn.Module):
     ):
         super().__init__()
         self.layer_norm1 = LayerNorm(dim, eps=eps)
-        self.self_attn = attention or Attention(dim, num_heads, qkv_bias=True, out_bias=True)
+        if attention is None:
+            attention = Attention(dim, num_heads, qkv_bias=True, out_bias=True)
+        self.self_attn = attention
         self.layer_norm2 = LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, mlp_dim, act_layer=act_layer)
 
