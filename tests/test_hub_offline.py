@@ -85,6 +85,15 @@ def test_pretrained_download_from_server_then_offline(fake_hub, tmp_path, monkey
     _assert_same_weights(model, zoo.create("toy-base", pretrained=True))
 
 
+def test_pretrained_source_without_safetensors_falls_back_to_its_pickle(fake_hub, tmp_path):
+    """Some published repos (e.g. openai/clip-vit-large-patch14-336) hold only pytorch_model.bin."""
+    model, folder = _published(tmp_path)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    fake_hub.upload_folder("zoo-test/toy-base", folder)
+    _assert_same_weights(model, zoo.create("toy-base", pretrained=True))
+
+
 def test_missing_repo_and_revision(fake_hub):
     with pytest.raises(zoo.HubError, match="'zoo-test/nothing' was not found"):
         zoo.from_pretrained("zoo-test/nothing")

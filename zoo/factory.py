@@ -88,7 +88,7 @@ def from_pretrained(
 
     weights_folder = folder / converter.subfolder
     if not is_local:
-        weights_folder = _download_weights(repo_id, revision, converter) / converter.subfolder
+        weights_folder = _download_weights(repo_id, revision, converter.subfolder)
     if converter.subfolder or converter.config_file != "config.json":
         published_config, _ = hub.folder_config(weights_folder, (converter.config_file,))
     config_values = {k: v for k, v in published_config.items() if not k.startswith("zoo_")}
@@ -133,21 +133,25 @@ def _detect_format(published_config: dict, family: str | None, origin: str) -> t
     )
 
 
-def _download_weights(repo_id: str, revision: str | None, converter: Converter) -> Path:
-    """Download a converter's config and weights (safetensors first, pickles only when there are none)."""
-    prefix = f"{converter.subfolder}/" if converter.subfolder else ""
+def _download_weights(repo_id: str, revision: str | None, subfolder: str = "") -> Path:
+    """The local `subfolder` of a repo holding its configs and weights (safetensors first, pickles only when there are
+    none)."""
+    prefix = f"{subfolder}/" if subfolder else ""
     folder = hub.download(repo_id, revision=revision, allow_patterns=[f"{prefix}*.json", f"{prefix}*.safetensors"])
     try:
-        hub.find_weight_files(folder / converter.subfolder)
+        hub.find_weight_files(folder / subfolder)
     except CheckpointError:
         folder = hub.download(repo_id, revision=revision, allow_patterns=[prefix + p for p in _PICKLE_PATTERNS])
-    return folder
+    return folder / subfolder
 
 
 def fetch_source(source: PretrainedSource) -> Path:
-    """The local folder holding a registered published source's files, from the cache or the Hub."""
+    """The local folder holding a registered published source's files, from the cache or the Hub: its `files`, or
+    else its configs and weights (safetensors first, pickles only when there are none)."""
+    if not source.files:
+        return _download_weights(source.hub_id, source.revision, source.subfolder)
     prefix = f"{source.subfolder}/" if source.subfolder else ""
-    patterns = [prefix + f for f in source.files] if source.files else [f"{prefix}*.json", f"{prefix}*.safetensors"]
+    patterns = [prefix + f for f in source.files]
     return hub.download(source.hub_id, revision=source.revision, allow_patterns=patterns) / source.subfolder
 
 
