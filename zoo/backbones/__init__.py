@@ -3,4 +3,4 @@
 Importing this package registers its families.
 """
 
-from . import llama, lowformer, qwen, wavemix  # noqa: F401
+from . import llama, lowformer, phi, qwen, wavemix  # noqa: F401
