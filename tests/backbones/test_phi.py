@@ -187,3 +187,15 @@ def test_phi2_param_count_matches_transformers():
             num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
             partial_rotary_factor=config.partial_rotary_factor))
     assert sum(p.numel() for p in reference.parameters()) == entry.expected_params == zoo.model_info("phi-2")["params"]
+
+
+def test_compiled_decoding_matches_transformers(tmp_path):
+    """One prompt: the compiled step's vocabulary projection (a fused reduction, see generation.lm_logits) keeps
+    the LM head's bias."""
+    reference = _reference()
+    reference.save_pretrained(tmp_path)
+    model = zoo.from_pretrained(tmp_path)
+    input_ids = _batch()[0][:1]
+    expected = reference.generate(input_ids, max_new_tokens=20, do_sample=False, eos_token_id=2, pad_token_id=0)
+    assert torch.equal(model.generate(input_ids, max_new_tokens=20, cache="static", compile=True, eos_token_id=2),
+                       expected)
