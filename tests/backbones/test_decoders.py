@@ -26,7 +26,7 @@ _TINY = dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_
 CASES = {
     "llama3": ("LlamaForCausalLM", LlamaForCausalLM, dict(
         num_attention_heads=6, num_key_value_heads=3, rms_norm_eps=1e-5, attention_bias=True, mlp_bias=True,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
     "qwen2": ("Qwen2ForCausalLM", Qwen2ForCausalLM, dict(
         num_attention_heads=3, num_key_value_heads=1, rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
@@ -49,6 +49,8 @@ def _reference(case: str):
         for name, param in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 param.add_(torch.randn(param.shape, generator=generator) * 0.1)
+            if ".q_proj.weight" in name or ".k_proj.weight" in name:
+                param.mul_(8)  # peaked attention, so that positions (rotary, masks) weigh in the logits
     return model
 
 

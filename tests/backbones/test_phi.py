@@ -43,6 +43,8 @@ def _randomize_norms_and_biases(model: nn.Module) -> nn.Module:
         for name, param in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 param.add_(torch.randn(param.shape, generator=generator) * 0.1)
+            if ".q_proj.weight" in name or ".k_proj.weight" in name:
+                param.mul_(8)  # peaked attention, so that positions (rotary, masks) weigh in the logits
     return model
 
 
@@ -60,7 +62,7 @@ def _tinygptv_state_dict(reference: nn.Module) -> dict[str, torch.Tensor]:
     state_dict = {}
     for key, value in reference.state_dict().items():
         key = key.replace(".self_attn.attention.", ".self_attn.").replace(".self_attn.norm.", ".post_layernorm.")
-        state_dict[key] = value
+        state_dict[key] = value.clone()  # the zoo model adopts these tensors: keep them apart from the reference
     return state_dict
 
 
