@@ -25,7 +25,7 @@ from zoo.layers.mlp import SwiGLU
 from zoo.layers.norm import RMSNorm
 from zoo.layers.rotary import Llama3RopeScaling, RotaryEmbedding
 from zoo.modeling import ZooModel
-from zoo.registry import Converter, InputSpec, TensorSpec, register_family
+from zoo.registry import Converter, InputSpec, ModelEntry, TensorSpec, register_family, register_model
 
 
 @dataclasses.dataclass
@@ -315,3 +315,10 @@ register_family(
     "llama", LlamaForCausalLM,
     [transformers_converter("llama", lambda values: llama_config_from_transformers(values, LlamaLMConfig))],
 )
+_LLAMA_TINY = LlamaLMConfig(
+    vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=512,
+    rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+)
+register_model(ModelEntry("llama-tiny", "llama", "language", _LLAMA_TINY, default_input=language_input(_LLAMA_TINY),
+                          description="A 2-layer Llama 3.1-style decoder (llama3 rope scaling) for tests."))
