@@ -198,6 +198,28 @@ def generate(
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
 
 
+def lm_logits(lm_head: nn.Linear, hidden: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+    """The LM head's logits (B, L or k, vocab) of hidden states (B, L, D), for the last k = logits_to_keep
+    positions only when it is positive (generation needs 1)."""
+    hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+    if torch.compiler.is_compiling() and hidden.device.type == "cpu" and hidden.shape[:2].numel() == 1:
+        # One row on CPU (a compiled decoding step): a multiply and a sum, which inductor fuses into one
+        # parallel reduction over the vocabulary weight. Its decompose_mm_pass does this for the narrower
+        # projections of the step but stops at 2048 columns, and MKL's GEMV reads weights at half the speed.
+        logits = (hidden.unsqueeze(-2) * lm_head.weight).sum(-1)
+        return logits if lm_head.bias is None else logits + lm_head.bias
+    return lm_head(hidden)
+
+
+class GenerationMixin:
+    """`generate` for a decoder whose forward follows the loop's contract (see the module docstring)."""
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """Greedy or sampled decoding; see `zoo.backbones.generation.generate` for the options."""
+        return generate(self, input_ids, attention_mask, **kwargs)
+
+
 def _decode_step(model: nn.Module, token: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                  cache: DynamicCache | StaticCache) -> torch.Tensor:
     """Logits (B, vocab) after one new token (B, 1) per row."""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.backbones.generation import generate
+from zoo.backbones.generation import generate, lm_logits
 from zoo.backbones.llama import LlamaConfig, LlamaModel, llama_config_from_transformers
 from zoo.backbones.siglip import SiglipVisionConfig, SiglipVisionTransformer, siglip_config_from_transformers
 from zoo.config import NonNegativeInt, PositiveInt, ZooConfig
@@ -117,13 +117,7 @@ class SmolVLM(ZooModel):
             embeds = embeds.masked_scatter(is_image[..., None], features)
         hidden = self.text_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                                  cache=cache)
-        hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-        if torch.compiler.is_compiling() and hidden.device.type == "cpu" and hidden.shape[:2].numel() == 1:
-            # One row on CPU (a compiled decoding step): a multiply and a sum, which inductor fuses into one
-            # parallel reduction over the vocabulary weight. Its decompose_mm_pass does this for the narrower
-            # projections of the step but stops at 2048 columns, and MKL's GEMV reads weights at half the speed.
-            return (hidden.unsqueeze(-2) * self.lm_head.weight).sum(-1)
-        return self.lm_head(hidden)
+        return lm_logits(self.lm_head, hidden, logits_to_keep)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Greedy or sampled decoding; see `zoo.backbones.generation.generate` for the options.
