@@ -385,6 +385,7 @@ class Trainer:
             self.ema.to(accelerator.device)
         if self.fsdp is None:
             model, optimizer = accelerator.prepare(model, optimizer)
+        self.prepared_model = model
         if self.resume_from is not None and self.sharded:  # the sharded weights and optimizer
             if self.fsdp is not None:
                 distributed.load_sharded(self.resume_from / ENGINE_DIR, model, optimizer)
@@ -426,7 +427,6 @@ class Trainer:
         last_checkpoint = self.resume_from
         final_metrics: dict[str, float] = {}
         step = start_step
-        self.prepared_model = model
         model.train()
         while step < config.max_steps:
             micro_batches = [to_device(next(batches), accelerator.device) for _ in range(accumulation)]

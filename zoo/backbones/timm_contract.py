@@ -103,8 +103,9 @@ class TimmBackbone(ZooModel):
         return set()
 
     def fsdp_units(self) -> list[nn.Module]:
-        """The groups `coarse_block_pattern` names (the stages; the blocks where a family has no stages)."""
-        pattern = re.compile(self.coarse_block_pattern)
+        """The blocks `block_pattern` names: the modules `run_blocks` calls one by one (a stage is never called as a
+        whole, so it cannot be a unit: FSDP gathers a unit's weights when it is called)."""
+        pattern = re.compile(self.block_pattern)
         return [module for name, module in self.named_modules() if name and pattern.fullmatch(name)]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
