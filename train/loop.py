@@ -180,6 +180,10 @@ class Trainer:
         cpu_only = not (torch.cuda.is_available() or _has_other_accelerator())
         if not launched:
             _forget_accelerator_settings(self.config.mixed_precision)
+        if launched and cpu_only and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            raise ConfigError("DeepSpeed does not run on CPU processes through accelerate (it would ignore it and train "
+                              "with DDP); shard with FSDP instead: accelerate launch --config_file "
+                              "train/configs/fsdp.yaml ...")
         self.fsdp = distributed.fsdp_settings() if launched else None
         if self.fsdp is not None and self.config.mixed_precision == "fp16":
             raise ConfigError("mixed_precision fp16 is not supported under FSDP (it needs a sharded grad scaler); "
@@ -365,6 +369,8 @@ class Trainer:
                 tracker.finish()
 
     def _train(self) -> TrainResult:
+        from accelerate.utils import DistributedType
+
         config, accelerator, task = self.config, self.accelerator, self.task
         started = time.perf_counter()
         model = self.model
@@ -383,6 +389,8 @@ class Trainer:
             start_step = self._load_checkpoint(self.resume_from, model, optimizer, scheduler)
         if self.ema is not None:
             self.ema.to(accelerator.device)
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:  # no data loader goes through prepare
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
         if self.fsdp is None:
             model, optimizer = accelerator.prepare(model, optimizer)
         self.prepared_model = model
