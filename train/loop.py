@@ -181,8 +181,8 @@ class Trainer:
         if not launched:
             _forget_accelerator_settings(self.config.mixed_precision)
         if launched and cpu_only and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-            raise ConfigError("DeepSpeed does not run on CPU processes through accelerate (it would ignore it and train "
-                              "with DDP); shard with FSDP instead: accelerate launch --config_file "
+            raise ConfigError("DeepSpeed does not run on CPU processes through accelerate (it would ignore it and "
+                              "train with DDP); shard with FSDP instead: accelerate launch --config_file "
                               "train/configs/fsdp.yaml ...")
         self.fsdp = distributed.fsdp_settings() if launched else None
         if self.fsdp is not None and self.config.mixed_precision == "fp16":
