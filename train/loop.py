@@ -1,5 +1,5 @@
-"""The training loop: one code path for every task, on one CPU or GPU and under `accelerate launch` (DDP; FSDP and
-DeepSpeed through accelerate's plugins).
+"""The training loop: one code path for every task, on one CPU or GPU and under `accelerate launch` (DDP; FSDP2
+applied by the loop itself, see `train.distributed`; DeepSpeed through accelerate's plugin, untested).
 
     from train import TrainConfig, fit
     result = fit(TrainConfig("lowformer-tiny", task="classification", max_steps=200, output_dir="runs/lf"))
@@ -32,6 +32,7 @@ from torch import nn
 from zoo.errors import CheckpointError, ConfigError, InputError, ZooError
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import TrainConfig
 from .curves import append_jsonl, plot_curves, read_jsonl, write_jsonl
 from .data import EncodedDataset, StreamSampler
@@ -41,7 +42,7 @@ from .tasks import LossTerm, ModelSource, Task, get_task, to_device
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
-ENGINE_DIR = "engine"  # accelerate.save_state of FSDP / DeepSpeed runs (sharded weights and optimizer)
+ENGINE_DIR = "engine"  # sharded weights and optimizer: torch.distributed.checkpoint (FSDP), accelerate (DeepSpeed)
 CURVE_FILE = "training_curve.png"
 CONFIG_FILE = "train_config.yaml"
 MODEL_DIR = "model"
@@ -159,6 +160,7 @@ class Trainer:
         self.source, entry_config = self._resolve_model_source()
         self.train_data, self.eval_data = self._load_data(entry_config)
         self.model = self._build_model()
+        self.model_class = type(self.model)  # FSDP replaces the class of the module it shards
         self.task.setup(self.model, self.train_data, self.source)
         self._dry_run()
         self._apply_training_options()
@@ -178,11 +180,20 @@ class Trainer:
         cpu_only = not (torch.cuda.is_available() or _has_other_accelerator())
         if not launched:
             _forget_accelerator_settings(self.config.mixed_precision)
-        return Accelerator(mixed_precision=self.config.mixed_precision, cpu=launched and cpu_only,
-                           kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-                           log_with=list(self.config.report_to) or None,
-                           project_config=ProjectConfiguration(project_dir=str(self.output_dir),
-                                                               logging_dir=str(self.output_dir / LOGS_DIR)))
+        if launched and cpu_only and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            raise ConfigError("DeepSpeed does not run on CPU processes through accelerate (it would ignore it and "
+                              "train with DDP); shard with FSDP instead: accelerate launch --config_file "
+                              "train/configs/fsdp.yaml ...")
+        self.fsdp = distributed.fsdp_settings() if launched else None
+        if self.fsdp is not None and self.config.mixed_precision == "fp16":
+            raise ConfigError("mixed_precision fp16 is not supported under FSDP (it needs a sharded grad scaler); "
+                              "use bf16.")
+        with distributed.accelerate_without_fsdp() if self.fsdp is not None else contextlib.nullcontext():
+            return Accelerator(mixed_precision=self.config.mixed_precision, cpu=launched and cpu_only,
+                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+                               log_with=list(self.config.report_to) or None,
+                               project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                                   logging_dir=str(self.output_dir / LOGS_DIR)))
 
     @property
     def is_main(self) -> bool:
@@ -223,6 +234,11 @@ class Trainer:
                 f"Cannot resume from {found}: these settings differ from the run that wrote it, so the result would "
                 f"not be that run's: {'; '.join(mismatches)}. Use another --output-dir for a new run."
             )
+        if bool(saved.get("sharded", False)) != self.sharded:
+            kinds = ("sharded (FSDP / DeepSpeed)", "unsharded")
+            saved_kind, this_kind = (kinds if saved.get("sharded") else kinds[::-1])
+            raise ConfigError(f"{found} was written by a {saved_kind} run and this run is {this_kind}; resume it "
+                              f"with the same accelerate launch settings.")
         if saved.get("num_processes", 1) != self.accelerator.num_processes:
             raise ConfigError(
                 f"{found} was written by {saved.get('num_processes', 1)} process(es), this run has "
@@ -308,10 +324,11 @@ class Trainer:
 
     @property
     def sharded(self) -> bool:
-        """Under FSDP or DeepSpeed the weights and optimizer are sharded: checkpoints go through accelerate."""
+        """Under FSDP or DeepSpeed the weights and optimizer are sharded: checkpoints hold the sharded state, and
+        evaluation and export use weights gathered on the main process."""
         from accelerate.utils import DistributedType
 
-        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        return self.fsdp is not None or self.accelerator.distributed_type == DistributedType.DEEPSPEED
 
     def _apply_training_options(self) -> None:
         from .lora import apply_lora
@@ -352,9 +369,13 @@ class Trainer:
                 tracker.finish()
 
     def _train(self) -> TrainResult:
+        from accelerate.utils import DistributedType
+
         config, accelerator, task = self.config, self.accelerator, self.task
         started = time.perf_counter()
         model = self.model
+        if self.fsdp is not None:  # before the optimizer: sharding replaces the parameters
+            model = distributed.shard_model(model, accelerator.device, self.fsdp, config.mixed_precision)
         parameters = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in parameters if p.ndim >= 2]
         no_decay = [p for p in parameters if p.ndim < 2]
@@ -368,9 +389,16 @@ class Trainer:
             start_step = self._load_checkpoint(self.resume_from, model, optimizer, scheduler)
         if self.ema is not None:
             self.ema.to(accelerator.device)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        if self.resume_from is not None and self.sharded:
-            accelerator.load_state(str(self.resume_from / ENGINE_DIR))  # sharded weights and optimizer
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:  # no data loader goes through prepare
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.batch_size
+        if self.fsdp is None:
+            model, optimizer = accelerator.prepare(model, optimizer)
+        self.prepared_model = model
+        if self.resume_from is not None and self.sharded:  # the sharded weights and optimizer
+            if self.fsdp is not None:
+                distributed.load_sharded(self.resume_from / ENGINE_DIR, model, optimizer)
+            else:
+                accelerator.load_state(str(self.resume_from / ENGINE_DIR))
         if self.resume_from is not None and accelerator.scaler is not None and self._resume_state["scaler"]:
             accelerator.scaler.load_state_dict(self._resume_state["scaler"])
         self.window = LogWindow()
@@ -407,7 +435,6 @@ class Trainer:
         last_checkpoint = self.resume_from
         final_metrics: dict[str, float] = {}
         step = start_step
-        self.prepared_model = model
         model.train()
         while step < config.max_steps:
             micro_batches = [to_device(next(batches), accelerator.device) for _ in range(accumulation)]
@@ -418,7 +445,7 @@ class Trainer:
             step_metrics: dict[str, float] = {}
             for index, (batch, count) in enumerate(zip(micro_batches, counts)):
                 sync = index == accumulation - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                with contextlib.nullcontext() if sync else self._no_sync(model):
                     output = task.loss(model, batch)
                     weight = count * accelerator.num_processes / max(total_items, 1.0)
                     accelerator.backward(output.loss * weight)
@@ -426,7 +453,9 @@ class Trainer:
                 for key, value in output.metrics.items():
                     step_metrics[key] = step_metrics.get(key, 0.0) + value * count / max(sum(counts), 1)
             grad_norm = None
-            if config.max_grad_norm is not None:
+            if config.max_grad_norm is not None and self.fsdp is not None:
+                grad_norm = distributed.clip_grad_norm_(parameters, config.max_grad_norm)
+            elif config.max_grad_norm is not None:
                 grad_norm = accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -482,9 +511,9 @@ class Trainer:
                 deployed = zoo.from_pretrained(model_dir)  # the gathered weights
         if not self.sharded:
             deployed = self.deployable_model()
-            if pusher is not None:
-                pusher.wait()
-                push_result = pusher.push(model_dir, f"End of training: step {step}")
+        if pusher is not None:  # the main process's
+            pusher.wait()
+            push_result = pusher.push(model_dir, f"End of training: step {step}")
         accelerator.wait_for_everyone()
         return TrainResult(
             config, self.output_dir, model_dir, last_checkpoint, step, deployed, task, final_metrics, history, curve,
@@ -504,7 +533,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         full_weights = None
         if self.sharded and self.eval_data is not None:  # gather the shards (every process takes part)
-            full_weights = self.accelerator.get_state_dict(self.prepared_model)
+            full_weights = self.gather_weights()
         if self.is_main and self.eval_data is not None:
             if full_weights is not None:
                 model = self.deployable_model(full_weights).to(self.accelerator.device)
@@ -531,6 +560,16 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------------
 
+    def gather_weights(self) -> dict[str, torch.Tensor]:
+        """The trained model's full state dict on the main process, gathered from the shards of a sharded run (every
+        process must call it; the others get an empty or partial dict)."""
+        if self.fsdp is not None:
+            return distributed.gather_weights(self.prepared_model)
+        return self.accelerator.get_state_dict(self.prepared_model)
+
+    def _no_sync(self, model: nn.Module):
+        return distributed.no_gradient_sync(model) if self.fsdp is not None else self.accelerator.no_sync(model)
+
     def deployable_model(self, full_weights: dict[str, torch.Tensor] | None = None) -> nn.Module:
         """The model to save and serve: the EMA weights with EMA, LoRA merged into the weights with LoRA; under FSDP /
         DeepSpeed a fresh copy holding the gathered `full_weights`."""
@@ -540,7 +579,7 @@ class Trainer:
             from zoo.hub import load_weights
 
             with torch.device("meta"):
-                fresh = type(self.model)(self.model.config)
+                fresh = self.model_class(self.model.config)
             fresh = load_weights(fresh, {k: v.detach().cpu() for k, v in full_weights.items()})
             fresh.zoo_name, fresh.zoo_tag = self.model.zoo_name, self.model.zoo_tag
             return fresh
@@ -553,7 +592,7 @@ class Trainer:
         """The trained module's state dict when the deployed weights differ from it (EMA, LoRA)."""
         if self.ema is None and not self.config.lora_rank:
             return None
-        return self.accelerator.get_state_dict(self.prepared_model)
+        return self.gather_weights()
 
     def _card_data(self, metrics: dict[str, float], step: int) -> dict[str, Any]:
         config = self.config
@@ -610,8 +649,11 @@ class Trainer:
         training_weights = self._training_weights()
         full_weights = None
         if self.sharded:  # collective: every process takes part
-            full_weights = accelerator.get_state_dict(model)
-            accelerator.save_state(str(tmp / ENGINE_DIR))
+            full_weights = self.gather_weights()
+            if self.fsdp is not None:
+                distributed.save_sharded(tmp / ENGINE_DIR, model, optimizer)
+            else:
+                accelerator.save_state(str(tmp / ENGINE_DIR))
         accelerator.wait_for_everyone()
         final = ckpt.checkpoint_path(self.output_dir, step)
         if self.is_main:
@@ -632,7 +674,8 @@ class Trainer:
             }
             ckpt.save_torch(state, tmp / ckpt.TRAINING_STATE)
             ckpt.write_state_file(tmp, {
-                "step": step, "num_processes": accelerator.num_processes, "config": self.config.to_dict(),
+                "step": step, "num_processes": accelerator.num_processes, "sharded": self.sharded,
+                "config": self.config.to_dict(),
                 "metrics": metrics, "loss": next((r["loss"] for r in reversed(history) if "loss" in r), None),
             })
             final = ckpt.commit(tmp, self.config.keep_last)
@@ -692,7 +735,7 @@ def _has_other_accelerator() -> bool:
 def _is_training_file(relative: Path) -> bool:
     """Files of a checkpoint that only resuming needs (not the model a user loads or the Hub gets)."""
     return relative.name in (ckpt.TRAINING_STATE, ckpt.TRAINING_WEIGHTS, ckpt.STATE_FILE) \
-        or relative.name.startswith("rng_state_")
+        or relative.name.startswith("rng_state_") or relative.parts[0] == ENGINE_DIR
 
 
 def _link_model_files(checkpoint: Path, model_dir: Path) -> None:

@@ -690,9 +690,11 @@ class HashedTextEncoder:
         return self._cache[word]
 
     def __call__(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captions -> features (B, L, dim), zero-padded, and their lengths (B,)."""
+        """Captions -> features (B, max_words, dim), zero-padded, and their lengths (B,). The padding is the same
+        for every batch (as real pipelines pad to a fixed length): models that attend to it (Wan) then give each
+        sample the same result whatever it is batched with, and so whatever the process count."""
         words = [caption.lower().split()[: self.max_words] or [""] for caption in captions]
-        features = torch.zeros(len(captions), max(len(w) for w in words), self.dim)
+        features = torch.zeros(len(captions), self.max_words, self.dim)
         for row, caption_words in enumerate(words):
             for column, word in enumerate(caption_words):
                 features[row, column] = self.word(word)

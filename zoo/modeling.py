@@ -29,6 +29,11 @@ class ZooModel(nn.Module):
         self.zoo_name: str | None = None
         self.zoo_tag: str | None = None
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The submodules that FSDP shards as units of their own, each all-gathered only while it runs: the family's
+        repeated blocks. The parameters outside them are sharded with the whole model (all of them, by default)."""
+        return []
+
     def save_pretrained(
         self, save_directory: str | Path, max_shard_size: int | str = "5GB", card_data: dict[str, Any] | None = None
     ) -> Path:

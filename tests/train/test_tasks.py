@@ -104,7 +104,8 @@ def test_stand_in_encoders():
     torch.testing.assert_close(latents.decode(encoded), images)  # 12 -> 16 channels loses nothing
     text = HashedTextEncoder(8)
     features, lengths = text(["a red circle", "a red square at the top"])
-    assert features.shape == (2, 6, 8) and lengths.tolist() == [3, 6]
+    assert features.shape == (2, 32, 8) and lengths.tolist() == [3, 6]
+    assert torch.equal(text(["a red circle"])[0][0], features[0])  # the same padding in any batch
     assert torch.equal(features[0, 1], features[1, 1]) and not torch.equal(features[0, 2], features[1, 2])
 
 

@@ -10,6 +10,7 @@ forward runs its checkpointable units through `run_block`/`run_blocks`.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -95,6 +96,12 @@ class TimmBackbone(ZooModel):
         """Parameter names that get no weight decay beyond timm's own rule (1-D parameters and biases): none
         here; families with position embeddings or the like add theirs."""
         return set()
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """The blocks `block_pattern` names: the modules `run_blocks` calls one by one (a stage is never called as a
+        whole, so it cannot be a unit: FSDP gathers a unit's weights when it is called)."""
+        pattern = re.compile(self.block_pattern)
+        return [module for name, module in self.named_modules() if name and pattern.fullmatch(name)]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of storing them."""

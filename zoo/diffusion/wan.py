@@ -201,6 +201,9 @@ class WanTransformer(ZooModel):
         self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
         self.head = WanHead(dim, config.out_channels * math.prod(config.patch_size), config.eps)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def forward(
         self,
         hidden_states: torch.Tensor,

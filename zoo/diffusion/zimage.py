@@ -227,6 +227,9 @@ class ZImageTransformer(ZooModel):
         self.layers = nn.ModuleList(ZImageBlock(config, modulated=True) for _ in range(config.num_layers))
         self.final_layer = FinalLayer(dim, adaln_dim, patch_dim)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        return [*self.noise_refiner, *self.context_refiner, *self.layers]
+
     def forward(
         self, x: Sequence[torch.Tensor], t: torch.Tensor, cap_feats: Sequence[torch.Tensor]
     ) -> list[torch.Tensor]:

@@ -70,6 +70,9 @@ class SmolVLM(ZooModel):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.text_model.embed_tokens.weight
 
+    def fsdp_units(self) -> list[nn.Module]:
+        return [*self.vision_model.encoder.layers, *self.text_model.layers]
+
     def image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Tiles (B, N, 3, S, S) with pixel masks (B, N, S, S) -> features (tiles * image_seq_len, hidden).
 
