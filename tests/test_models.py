@@ -105,6 +105,19 @@ def test_tiny_save_and_reload_bit_identical(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", TINY)
+def test_tiny_fsdp_units_are_disjoint_repeated_blocks(name):
+    """What FSDP shards unit by unit (train.distributed): the family's repeated blocks, none inside another."""
+    model = zoo.create(name)
+    units = model.fsdp_units()
+    assert units, f"{name} names no FSDP units: its family should return its repeated blocks"
+    submodules = {id(module) for module in model.modules()}
+    assert all(id(unit) in submodules for unit in units)
+    inside = {id(inner) for unit in units for inner in unit.modules() if inner is not unit}
+    assert not any(id(unit) in inside for unit in units)
+    assert len({type(unit) for unit in units}) <= 2  # one block class (a VLM: its vision and its text blocks)
+
+
+@pytest.mark.parametrize("name", TINY)
 def test_tiny_model_info_counts_real_params(name):
     assert zoo.model_info(name)["params"] == count_parameters(zoo.create(name))
 

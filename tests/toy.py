@@ -40,6 +40,9 @@ class ToyModel(ZooModel):
     def init_non_persistent_buffers(self) -> None:
         self.scale = torch.linspace(0.5, 1.5, self.config.hidden)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(self.layers)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
             x = torch.relu(layer(x))

@@ -582,6 +582,8 @@ class Trainer:
                 fresh = self.model_class(self.model.config)
             fresh = load_weights(fresh, {k: v.detach().cpu() for k, v in full_weights.items()})
             fresh.zoo_name, fresh.zoo_tag = self.model.zoo_name, self.model.zoo_tag
+            if hasattr(fresh, "pretrained_cfg"):
+                fresh.pretrained_cfg = self.model.pretrained_cfg
             return fresh
         model = self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
         if has_lora(model):

@@ -125,6 +125,9 @@ class CLIPVision(ZooModel):
         self.encoder = CLIPEncoder(config)
         self.post_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(self.encoder.layers)
+
     def forward(
         self, pixel_values: torch.Tensor, output_hidden_states: bool = False, interpolate_pos_encoding: bool = False
     ) -> CLIPVisionOutput:

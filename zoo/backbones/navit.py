@@ -151,6 +151,9 @@ class NaViTSiglip(ZooModel):
         self.encoder = NaViTEncoder(config)
         self.post_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(self.encoder.layers)
+
     def _check(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, merge_sizes: torch.Tensor) -> None:
         c, p = self.config.num_channels, self.config.patch_size
         if pixel_values.ndim != 2 or pixel_values.shape[1] != c * p * p:

@@ -147,6 +147,9 @@ class PhiForCausalLM(GenerationMixin, ZooModel):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(self.model.layers)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
