@@ -17,7 +17,6 @@ from torch.testing import assert_close
 import zoo
 from zoo.backbones.lowformer import LowFormer, LowFormerConfig
 from zoo.backbones.timm_contract import TimmBackbone
-from zoo.backbones.wavemix import WaveMix, WaveMixConfig
 from zoo.registry import get_entry, get_family, list_models
 
 FP32 = dict(rtol=0, atol=1e-5)

@@ -12,13 +12,14 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from zoo.errors import ConfigError, InputError
 from zoo.layers.attention import DynamicCache, StaticCache
+from zoo.modeling import ZooModel
 
 # With compile=True the static cache is rounded up to a multiple of this many positions, so that calls with
 # similar lengths share one compiled decoding step.
@@ -211,8 +212,44 @@ def lm_logits(lm_head: nn.Linear, hidden: torch.Tensor, logits_to_keep: int = 0)
     return lm_head(hidden)
 
 
-class GenerationMixin:
-    """`generate` for a decoder whose forward follows the loop's contract (see the module docstring)."""
+class CausalLM(ZooModel):
+    """A decoder trunk and its LM head: forward(input_ids, ...) -> logits (B, L, vocab); `generate` decodes.
+
+    A family sets `config_class`, `trunk_class` (built from the config; its forward takes input_ids, inputs_embeds,
+    attention_mask, position_ids and cache and returns hidden states (B, L, hidden_size), and it holds
+    `embed_tokens` and `layers`) and whether its head has a bias.
+    """
+
+    trunk_class: ClassVar[type[nn.Module]]
+    lm_head_bias: ClassVar[bool] = False
+
+    def __init__(self, config: Any):
+        super().__init__(config)
+        self.model = self.trunk_class(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=self.lm_head_bias)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def fsdp_units(self) -> list[nn.Module]:
+        return list(self.model.layers)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: DynamicCache | StaticCache | None = None,
+        logits_to_keep: int = 0,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, L) or inputs_embeds (B, L, hidden_size); attention_mask (B, past + L) with 0 on padding,
+        position_ids (B, L) and the KV cache as the trunk takes them. logits_to_keep=k > 0 computes logits for the
+        last k positions only. Returns (B, L or k, vocab)."""
+        hidden = self.model(input_ids, inputs_embeds, attention_mask, position_ids, cache)
+        return lm_logits(self.lm_head, hidden, logits_to_keep)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:

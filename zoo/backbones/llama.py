@@ -17,14 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo.backbones.generation import GenerationMixin, lm_logits
+from zoo.backbones.generation import CausalLM
 from zoo.config import NonNegativeInt, PositiveFloat, PositiveInt, ZooConfig
 from zoo.errors import ConfigError
 from zoo.layers.attention import Attention, DynamicCache, StaticCache, padding_mask
 from zoo.layers.mlp import SwiGLU
 from zoo.layers.norm import RMSNorm
 from zoo.layers.rotary import Llama3RopeScaling, RotaryEmbedding
-from zoo.modeling import ZooModel
 from zoo.registry import Converter, InputSpec, ModelEntry, TensorSpec, register_family, register_model
 
 
@@ -251,42 +250,15 @@ def decoder_inputs(
     return x, position_ids, None if all_ones else padding_mask(attention_mask)
 
 
-class LlamaForCausalLM(GenerationMixin, ZooModel):
-    """The decoder and its LM head: forward(input_ids, ...) -> logits (B, L, vocab); `generate` decodes.
+class LlamaForCausalLM(CausalLM):
+    """Llama 3.x and the decoders that differ from it only by options (Qwen2/2.5, Qwen3), with their LM head.
 
     Each transformers family it reads is registered under a subclass of its own (Qwen2ForCausalLM, ...), so
     that a saved model names its family.
     """
 
     config_class = LlamaLMConfig
-
-    def __init__(self, config: LlamaLMConfig):
-        super().__init__(config)
-        self.model = LlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.tie_weights()
-
-    def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-
-    def fsdp_units(self) -> list[nn.Module]:
-        return list(self.model.layers)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        cache: DynamicCache | StaticCache | None = None,
-        logits_to_keep: int = 0,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """input_ids (B, L) or inputs_embeds (B, L, hidden_size); attention_mask (B, past + L), position_ids
-        (B, L) and cache as in LlamaModel. logits_to_keep=k > 0 computes logits for the last k positions only.
-        Returns (B, L or k, vocab)."""
-        hidden = self.model(input_ids, inputs_embeds, attention_mask, position_ids, cache)
-        return lm_logits(self.lm_head, hidden, logits_to_keep)
+    trunk_class = LlamaModel
 
 
 def transformers_converter(

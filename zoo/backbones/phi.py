@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import torch
 from torch import nn
 
-from zoo.backbones.generation import GenerationMixin, lm_logits
+from zoo.backbones.generation import CausalLM
 from zoo.backbones.llama import check_activation, decoder_inputs, language_input, transformers_rope
 from zoo.config import PositiveFloat, PositiveInt, Range, ZooConfig
 from zoo.errors import CheckpointError, ConfigError
@@ -29,7 +29,6 @@ from zoo.layers.attention import Attention, DynamicCache, StaticCache
 from zoo.layers.mlp import Mlp
 from zoo.layers.norm import LayerNorm, RMSNorm
 from zoo.layers.rotary import RotaryEmbedding
-from zoo.modeling import ZooModel
 from zoo.registry import Converter, ModelEntry, PretrainedSource, register_family, register_model, rename_keys
 
 ACTIVATIONS = {"gelu_new": functools.partial(nn.GELU, approximate="tanh"), "gelu": nn.GELU}
@@ -132,36 +131,12 @@ class PhiModel(nn.Module):
         return self.final_layernorm(x)
 
 
-class PhiForCausalLM(GenerationMixin, ZooModel):
-    """forward(input_ids, ...) -> logits (B, L, vocab); `generate` decodes with a KV cache."""
+class PhiForCausalLM(CausalLM):
+    """Phi-2 (and TinyGPT-V's variant) with its biased LM head."""
 
     config_class = PhiConfig
-
-    def __init__(self, config: PhiConfig):
-        super().__init__(config)
-        self.model = PhiModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
-        self.tie_weights()
-
-    def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-
-    def fsdp_units(self) -> list[nn.Module]:
-        return list(self.model.layers)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        cache: DynamicCache | StaticCache | None = None,
-        logits_to_keep: int = 0,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """As LlamaForCausalLM.forward: returns logits (B, L or logits_to_keep, vocab)."""
-        hidden = self.model(input_ids, inputs_embeds, attention_mask, position_ids, cache)
-        return lm_logits(self.lm_head, hidden, logits_to_keep)
+    trunk_class = PhiModel
+    lm_head_bias = True
 
 
 # ---------------------------------------------------------------------------------------------------
