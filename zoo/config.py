@@ -8,11 +8,11 @@ spells them). Constraints between fields go in a family's `validate()`:
     @dataclasses.dataclass
     class MyConfig(ZooConfig):
         dim: PositiveInt = 64
+        num_heads: PositiveInt = 4
         dropout: Probability = 0.1
 
         def validate(self) -> None:
-            if self.dim % 8:
-                raise ConfigError(f"MyConfig.dim must be divisible by 8, got {self.dim}.")
+            self.check_divisible("dim", "num_heads")
 """
 
 from __future__ import annotations
@@ -79,6 +79,13 @@ class ZooConfig:
 
     def validate(self) -> None:
         """Checks between fields, beyond what the annotations say; raise ConfigError naming the fields."""
+
+    def check_divisible(self, field: str, by: str) -> None:
+        """A ConfigError unless field `field` is a multiple of field `by` (a width and its heads, an image and its
+        patches)."""
+        value, divisor = getattr(self, field), getattr(self, by)
+        if value % divisor:
+            raise ConfigError(f"{type(self).__name__}.{field} ({value}) must be divisible by {by} ({divisor}).")
 
     @classmethod
     def field_names(cls) -> list[str]:

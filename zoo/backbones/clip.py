@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from zoo.config import PositiveFloat, PositiveInt, ZooConfig
-from zoo.errors import ConfigError, InputError
+from zoo.errors import InputError
 from zoo.layers.activation import activation_layer
 from zoo.layers.embed import PatchEmbed
 from zoo.layers.norm import LayerNorm
@@ -42,12 +42,8 @@ class CLIPVisionConfig(ZooConfig):
     layer_norm_eps: PositiveFloat = 1e-5
 
     def validate(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"CLIPVisionConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                              f"num_attention_heads ({self.num_attention_heads}).")
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"CLIPVisionConfig.image_size ({self.image_size}) must be divisible by patch_size "
-                              f"({self.patch_size}).")
+        self.check_divisible("hidden_size", "num_attention_heads")
+        self.check_divisible("image_size", "patch_size")
 
 
 # transformers' CLIPVisionConfig defaults, for the fields a config.json leaves out.

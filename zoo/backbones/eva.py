@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from zoo.config import PositiveFloat, PositiveInt, ZooConfig
-from zoo.errors import CheckpointError, ConfigError, InputError
+from zoo.errors import CheckpointError, InputError
 from zoo.layers.activation import activation_layer
 from zoo.layers.attention import scaled_dot_product
 from zoo.layers.embed import PatchEmbed
@@ -45,12 +45,8 @@ class EvaVisionConfig(ZooConfig):
     post_layernorm: bool = False
 
     def validate(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"EvaVisionConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                              f"num_attention_heads ({self.num_attention_heads}).")
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"EvaVisionConfig.image_size ({self.image_size}) must be divisible by patch_size "
-                              f"({self.patch_size}).")
+        self.check_divisible("hidden_size", "num_attention_heads")
+        self.check_divisible("image_size", "patch_size")
 
     @property
     def grid(self) -> int:

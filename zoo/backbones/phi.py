@@ -55,9 +55,7 @@ class PhiConfig(ZooConfig):
     rms_norm_eps: PositiveFloat = 1e-6
 
     def validate(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"PhiConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                              f"({self.num_attention_heads}).")
+        self.check_divisible("hidden_size", "num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError(f"PhiConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                               f"num_key_value_heads ({self.num_key_value_heads}).")

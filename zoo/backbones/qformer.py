@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from zoo.config import PositiveFloat, PositiveInt, ZooConfig
-from zoo.errors import ConfigError, InputError
+from zoo.errors import InputError
 from zoo.layers.activation import activation_layer
 from zoo.layers.attention import Attention, padding_mask
 from zoo.layers.mlp import Mlp
@@ -38,9 +38,7 @@ class QFormerConfig(ZooConfig):
     encoder_hidden_size: PositiveInt = 1408
 
     def validate(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"QFormerConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                              f"num_attention_heads ({self.num_attention_heads}).")
+        self.check_divisible("hidden_size", "num_attention_heads")
 
 
 # transformers' Blip2QFormerConfig defaults, for the fields a config.json leaves out.

@@ -35,9 +35,7 @@ class SiglipVisionConfig(ZooConfig):
     layer_norm_eps: PositiveFloat = 1e-6
 
     def validate(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"SiglipVisionConfig.hidden_size ({self.hidden_size}) must be divisible by "
-                              f"num_attention_heads ({self.num_attention_heads}).")
+        self.check_divisible("hidden_size", "num_attention_heads")
         if self.patch_size > self.image_size:
             raise ConfigError(f"SiglipVisionConfig.patch_size ({self.patch_size}) must be at most image_size "
                               f"({self.image_size}).")

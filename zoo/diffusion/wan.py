@@ -67,8 +67,7 @@ class WanConfig(ZooConfig):
     eps: PositiveFloat = 1e-6
 
     def validate(self) -> None:
-        if self.dim % self.num_heads:
-            raise ConfigError(f"WanConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads}).")
+        self.check_divisible("dim", "num_heads")
         if self.head_dim % 2 or self.head_dim < 6:
             raise ConfigError(f"WanConfig's head size dim / num_heads must be even and >= 6 (its rotary embedding "
                               f"splits it over frames, rows and columns), got {self.head_dim}.")
