@@ -111,6 +111,34 @@ def test_greedy_generation_matches_transformers(case, cache, tmp_path):
     assert torch.equal(generated, expected)
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_a_model_brings_its_own_cache(cache, tmp_path):
+    """A family whose layers keep other state (SpikingBrain's linear attention) plugs its cache into the one loop."""
+    from zoo.layers.attention import DynamicCache, StaticCache
+
+    class CountingCache(DynamicCache):
+        updates = 0
+
+        def update(self, k, v, layer_idx):
+            CountingCache.updates += 1
+            return super().update(k, v, layer_idx)
+
+    _, model = _loaded("qwen2", tmp_path)
+    input_ids, attention_mask = _batch()
+    expected = model.generate(input_ids, attention_mask, max_new_tokens=5, cache=cache, eos_token_id=2)
+    lengths = []
+
+    def make_cache(max_length):
+        lengths.append(max_length)
+        return CountingCache() if max_length is None else StaticCache(max_length)
+
+    model.make_cache = make_cache
+    assert torch.equal(model.generate(input_ids, attention_mask, max_new_tokens=5, cache=cache, eos_token_id=2),
+                       expected)
+    assert lengths == [None if cache == "dynamic" else input_ids.shape[1] + 5]
+    assert CountingCache.updates == (3 * 5 if cache == "dynamic" else 0)  # 3 layers, prefill + 4 steps
+
+
 def test_config_readers_take_transformers_defaults_and_both_spellings():
     minimal = {"model_type": "qwen2", "hidden_size": 128, "num_attention_heads": 64}  # the rest left to defaults
     config = qwen2_config_from_transformers(minimal)

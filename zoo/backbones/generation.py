@@ -3,7 +3,8 @@
 A model generates through this loop if its forward takes `(input_ids, attention_mask, position_ids, cache,
 logits_to_keep, **prefill_inputs)` and returns logits (B, L, vocab). Prefill inputs (pixel values and the
 like) are passed on the first step only. Positions follow transformers' generate: the cumulative count of
-real tokens, so left-padded rows start at 0.
+real tokens, so left-padded rows start at 0. A model whose layers keep other state than keys and values (a
+linear-attention state, a sliding window) brings its own cache with `make_cache(max_length)` (see `new_cache`).
 """
 
 from __future__ import annotations
@@ -160,13 +161,12 @@ def generate(
     if empty:
         raise InputError(f"prompt {empty[0]} of the batch has no tokens: generate needs at least one token per prompt "
                          "(e.g. the chat-templated prompt, or the tokenizer's BOS token)")
+    max_length = None
     if cache == "static":
         max_length = length + max_new_tokens
         if compile:
             max_length = math.ceil(max_length / COMPILED_CACHE_MULTIPLE) * COMPILED_CACHE_MULTIPLE
-        kv_cache: DynamicCache | StaticCache = StaticCache(max_length)
-    else:
-        kv_cache = DynamicCache()
+    kv_cache = new_cache(model, max_length)
     stop = torch.tensor([] if eos_token_id is None else
                         [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
                         device=input_ids.device, dtype=torch.long)
@@ -197,6 +197,14 @@ def generate(
         if compile:
             kv_cache.write_position += 1
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+
+
+def new_cache(model: nn.Module, max_length: int | None) -> Any:
+    """The cache `generate` passes to every step: the model's own (`model.make_cache(max_length)`) where it has one,
+    else a StaticCache of `max_length` positions, or a DynamicCache when `max_length` is None (cache="dynamic")."""
+    if hasattr(model, "make_cache"):
+        return model.make_cache(max_length)
+    return DynamicCache() if max_length is None else StaticCache(max_length)
 
 
 def lm_logits(lm_head: nn.Linear, hidden: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
