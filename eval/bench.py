@@ -92,15 +92,16 @@ class BenchOptions:
 
 
 def with_layers(entry: ModelEntry, config: ZooConfig, layers: int) -> ZooConfig:
-    """`config` with `layers` blocks: num_layers (Wan, Z-Image main blocks), depth (WaveMix), or both SmolVLM trunks
-    (vision encoder and decoder). Families with stages of different depths refuse it (use --model-options)."""
+    """`config` with `layers` blocks: num_layers (Wan, Z-Image main blocks), depth (WaveMix), num_hidden_layers
+    (language models), or both SmolVLM trunks (vision encoder and decoder). Families with stages of different
+    depths refuse it (use --model-options)."""
     if layers < 1:
         raise ConfigError(f"--layers must be at least 1, got {layers}")
     fields = config.field_names()
     if entry.family == "smolvlm":
         return config.replace(vision=config.vision.replace(num_hidden_layers=layers),
                               text=config.text.replace(num_hidden_layers=layers))
-    for name in ("num_layers", "depth"):
+    for name in ("num_layers", "depth", "num_hidden_layers"):
         if name in fields:
             return config.replace(**{name: layers})
     raise ConfigError(f"--layers does not apply to '{entry.family}' models (no single block count); change their "
@@ -317,7 +318,7 @@ def _run_bench(options: BenchOptions, log: Callable[[str], None]) -> dict[str, A
         parity = {"name": reference.name, "label": reference.label, "max_abs_diff": max_abs_diff(ours, theirs),
                   "max_abs_output": max_abs(theirs)}
         if implementations[0].generate is not None and implementations[1].generate is not None:
-            n = min(options.new_tokens, 8)
+            n = options.new_tokens  # the tokens the timed runs generate
             with torch.inference_mode():
                 parity["same_greedy_tokens"] = bool(torch.equal(implementations[0].generate(n).cpu(),
                                                                 implementations[1].generate(n).cpu()))

@@ -156,6 +156,69 @@ def _smolvlm_generate(reference: nn.Module, inputs: dict[str, Any], new_tokens: 
 
 
 # ---------------------------------------------------------------------------------------------------
+# Language models: transformers' LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, PhiForCausalLM
+
+_DECODER_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                   "num_key_value_heads", "max_position_embeddings", "tie_word_embeddings")
+
+
+def _llama_values(config: Any) -> dict[str, Any]:
+    """The transformers config values of a LlamaLMConfig (Llama, Qwen2, Qwen3 read the same names)."""
+    values = {field: getattr(config, field) for field in _DECODER_FIELDS}
+    rope = {"rope_type": "llama3", **config.rope_scaling} if config.rope_scaling else {"rope_type": "default"}
+    values.update(head_dim=config.resolved_head_dim, rms_norm_eps=config.rms_norm_eps,
+                  rope_parameters={**rope, "rope_theta": config.rope_theta})
+    return values
+
+
+def _llama_reference_values(family: str, config: Any) -> dict[str, Any]:
+    values = _llama_values(config)
+    if family != "qwen2":  # Qwen2's q/k/v biases are not an option; its converter sets qkv_bias
+        values["attention_bias"] = config.attention_bias
+    if family == "llama":
+        values["mlp_bias"] = config.mlp_bias
+    if family in ("qwen2", "qwen3") and config.sliding_window is not None:
+        values.update(use_sliding_window=True, sliding_window=config.sliding_window,
+                      max_window_layers=config.max_window_layers)
+    return values
+
+
+def _phi_reference_values(config: Any) -> dict[str, Any]:
+    values = {field: getattr(config, field) for field in _DECODER_FIELDS}
+    values.update(layer_norm_eps=config.layer_norm_eps, hidden_act=config.hidden_act, qk_layernorm=config.qk_layernorm,
+                  rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta,
+                                   "partial_rotary_factor": config.partial_rotary_factor})
+    return values
+
+
+def _causal_lm_build(family: str, class_name: str) -> Callable[[Any], tuple[nn.Module, nn.Module]]:
+    """The builder of transformers' `class_name` at a zoo config of `family` (checked to round-trip)."""
+
+    def build(config: Any) -> tuple[nn.Module, nn.Module]:
+        import transformers
+
+        values = _phi_reference_values(config) if family == "phi" else _llama_reference_values(family, config)
+        model_cls = getattr(transformers, class_name)
+        reference_config = model_cls.config_class(**values, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+        resolved = config if family == "phi" else config.replace(head_dim=config.resolved_head_dim)
+        convert = get_family(family).converter("transformers").convert_config
+        check_round_trip(resolved, convert(reference_config.to_dict()), "transformers")
+        reference = model_cls(reference_config).eval()
+        return reference, adopt(reference, config, family, "transformers")
+
+    return build
+
+
+def _causal_lm_call(reference: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    return reference(**inputs).logits
+
+
+def _causal_lm_generate(reference: nn.Module, inputs: dict[str, Any], new_tokens: int) -> torch.Tensor:
+    """n greedy tokens from transformers' generate with its defaults (a dynamic cache); no stop token."""
+    return reference.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Wan: diffusers' WanTransformer3DModel
 
 
@@ -278,6 +341,10 @@ def _wavemix_build(config: Any) -> tuple[nn.Module, nn.Module]:
 for _reference in (
     Reference("transformers", "smolvlm", "transformers", "transformers", "transformers SmolVLMForConditionalGeneration",
               _smolvlm_build, _smolvlm_call, _smolvlm_generate),
+    *(Reference("transformers", family, "transformers", "transformers", f"transformers {class_name}",
+                _causal_lm_build(family, class_name), _causal_lm_call, _causal_lm_generate)
+      for family, class_name in (("llama", "LlamaForCausalLM"), ("qwen2", "Qwen2ForCausalLM"),
+                                 ("qwen3", "Qwen3ForCausalLM"), ("phi", "PhiForCausalLM"))),
     Reference("diffusers", "wan", "diffusers", "diffusers", "diffusers WanTransformer3DModel", _wan_build, _wan_call),
     Reference("diffusers", "zimage", "diffusers", "diffusers", "diffusers ZImageTransformer2DModel", _zimage_build,
               _zimage_call),

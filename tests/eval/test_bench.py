@@ -4,11 +4,14 @@ FLOPs of recurrent blocks, the timing harness, and clear errors for bad input. T
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
+from torch._inductor import config as inductor_config
 
 from eval import timing
 from eval.bench import BenchOptions, headline, run_bench, with_layers
@@ -121,6 +124,10 @@ def test_compiled_decoding_is_benchmarked_and_labelled():
     ("z-image-tiny", "diffusers", {"step"}),
     ("lowformer-tiny", "timm", {"forward"}),
     ("wavemix-tiny", "wavemix", {"forward"}),
+    ("llama-tiny", "transformers", {"ttft", "generate", "tpot"}),
+    ("qwen2.5-tiny", "transformers", {"ttft", "generate", "tpot"}),
+    ("qwen3-tiny", "transformers", {"ttft", "generate", "tpot"}),
+    ("phi-tiny", "transformers", {"ttft", "generate", "tpot"}),
 ])
 def test_compare_prints_ratios(model, reference, phases, capsys, tmp_path):
     assert main(["bench", model, "--compare", reference, "--repeats", "2", "--warmup", "0", "--threads", "1",
@@ -158,6 +165,8 @@ def test_compare_with_layers_builds_both_at_that_depth():
     smolvlm = get_entry("smolvlm-256m")
     two = with_layers(smolvlm, smolvlm.config, 2)
     assert two.text.num_hidden_layers == two.vision.num_hidden_layers == 2
+    qwen = get_entry("qwen2.5-0.5b")
+    assert with_layers(qwen, qwen.config, 2).num_hidden_layers == 2
 
 
 def test_readme_table_from_records(tmp_path):
@@ -175,6 +184,57 @@ def test_readme_table_from_records(tmp_path):
     (results / "r.json").write_text(json.dumps({"records": [record]}))
     assert main(["bench", "--readme", str(readme), "--results", str(results)]) == 0
     assert readme.read_text() == text
+
+
+@pytest.mark.parametrize("model, reference_class", [
+    ("llama-tiny", "LlamaForCausalLM"), ("qwen2.5-tiny", "Qwen2ForCausalLM"), ("qwen3-tiny", "Qwen3ForCausalLM"),
+    ("phi-tiny", "PhiForCausalLM"),
+])
+def test_language_models_against_transformers(model, reference_class):
+    """The reference is transformers' class at the same config with zoo's weights; every timed token is checked."""
+    record = quick(model, compare="transformers", new_tokens=6, layers=1, memory=False)
+    assert record["task"] == "language" and record["input"] == "input_ids 64 (default)"
+    assert record["config_overrides"] == {"layers": 1}
+    reference = record["reference"]
+    assert reference["label"] == f"transformers {reference_class}"
+    assert reference["max_abs_diff"] <= 1e-5 * reference["max_abs_output"]
+    assert reference["same_greedy_tokens"] and reference["greedy_tokens_checked"] == 6
+    for impl in record["implementations"].values():
+        assert set(impl["phases"]) == {"ttft", "generate", "tpot"} and impl["phases"]["tpot"]["runs"] == 2
+        assert impl["headline"]["throughput_unit"] == "tokens/s" and {"ttft_ms", "tpot_ms"} <= set(impl["headline"])
+        assert impl["flops"]["ttft"] > impl["flops"]["tpot"] > 0
+
+
+def test_compiled_language_model_decodes_the_reference_tokens():
+    """Qwen2.5's tied LM head and q/k/v biases take the compiled one-row path: decompose_mm_pass turns the biased
+    projections (addmm) into reductions, and every timed token is transformers'."""
+    counters.clear()
+    with inductor_config.patch(fx_graph_cache=False):  # a cached graph would skip the passes counted here
+        record = quick("qwen2.5-tiny", compare="transformers", new_tokens=5, layers=1, compile=True, memory=False,
+                       flops=False)
+    assert record["compile"] and record["reference"]["same_greedy_tokens"]
+    assert counters["inductor"]["decompose_addmm"] >= 3  # q, k, v of the layer
+
+
+def test_language_model_reference_refuses_what_transformers_cannot_build():
+    with pytest.raises(ConfigError, match="transformers cannot build this config: attention_rms_norm: zoo True"):
+        quick("phi-tiny", compare="transformers", model_options={"attention_rms_norm": True})
+    with pytest.raises(ConfigError, match="transformers cannot build this config: attention_bias: zoo True"):
+        quick("qwen2.5-tiny", compare="transformers", model_options={"attention_bias": True})
+
+
+def test_greedy_token_check_sees_a_different_token(monkeypatch):
+    """same_greedy_tokens compares zoo's tokens with the reference's: one changed token turns it False."""
+    reference = get_reference("qwen2", "transformers")
+
+    def generate(model, inputs, new_tokens):
+        tokens = reference.generate(model, inputs, new_tokens)
+        tokens[0, -1] = (tokens[0, -1] + 1) % model.config.vocab_size
+        return tokens
+
+    monkeypatch.setitem(REFERENCES["qwen2"], "transformers", dataclasses.replace(reference, generate=generate))
+    record = quick("qwen2.5-tiny", compare="transformers", new_tokens=3, layers=1, memory=False, flops=False)
+    assert record["reference"]["same_greedy_tokens"] is False
 
 
 # ---------------------------------------------------------------------------------------------------

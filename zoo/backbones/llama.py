@@ -281,8 +281,8 @@ def transformers_converter(
     )
 
 
-def language_input(config: LlamaConfig, length: int = 16) -> InputSpec:
-    """The default input of a language model: random token ids."""
+def language_input(config: LlamaConfig, length: int = 64) -> InputSpec:
+    """The default input of a language model: a prompt of `length` random token ids."""
     return InputSpec({"input_ids": TensorSpec((length,), torch.long, high=config.vocab_size)})
 
 
