@@ -254,3 +254,18 @@ def test_scale_shift_table_matches_wan():
     shift, scale = head(e.unsqueeze(1))
     assert_close(shift, (head.table[:, :1] + e[:, None]), **EXACT)
     assert_close(scale, (head.table[:, 1:] + e[:, None]), **EXACT)
+
+
+def test_swiglu_reduces_wide_one_row_projections_when_compiled():
+    """A compiled decoding step (one row on CPU) reads the gate and up weights through one fused reduction, which
+    inductor's decompose_mm_pass leaves to MKL above 2048 columns; several rows keep their GEMMs."""
+    from torch._inductor.utils import run_and_get_code
+
+    mlp = SwiGLU(64, 2560, bias=True).eval()
+    compiled = torch.compile(mlp, fullgraph=True)
+    for rows, gemms in ((1, 1), (3, 3)):  # one row: only the down projection (2560 columns in) stays a GEMM
+        x = torch.randn(rows, 1, 64)
+        with torch.no_grad():
+            out, code = run_and_get_code(compiled, x)
+            assert_close(out, mlp(x), rtol=1e-5, atol=1e-5)
+        assert "\n".join(code).count("extern_kernels.addmm") == gemms

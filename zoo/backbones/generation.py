@@ -20,6 +20,7 @@ from torch import nn
 
 from zoo.errors import ConfigError, InputError
 from zoo.layers.attention import DynamicCache, StaticCache
+from zoo.layers.mlp import project
 from zoo.modeling import ZooModel
 
 # With compile=True the static cache is rounded up to a multiple of this many positions, so that calls with
@@ -29,7 +30,8 @@ COMPILED_CACHE_MULTIPLE = 256
 # Inductor's decompose_mm_pass turns a one-row matmul on CPU (every projection of a one-token step, when no
 # side exceeds 2048) into a multiply and a sum, which it fuses into one parallel reduction over the weight.
 # Decoding reads every weight once per token, and that reduction reads them at about twice the bandwidth of
-# MKL's GEMV on two threads. The pass leaves CUDA matmuls and batches of several rows alone.
+# MKL's GEMV on two threads. The pass leaves CUDA matmuls and batches of several rows alone; the wider
+# projections (the LM head, an MLP's gate and up) do the same through `zoo.layers.mlp.project`.
 _DECODE_COMPILE_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
 
 # The options of `generate`; transformers' options that it lacks are accepted at their default value only.
@@ -211,13 +213,7 @@ def lm_logits(lm_head: nn.Linear, hidden: torch.Tensor, logits_to_keep: int = 0)
     """The LM head's logits (B, L or k, vocab) of hidden states (B, L, D), for the last k = logits_to_keep
     positions only when it is positive (generation needs 1)."""
     hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
-    if torch.compiler.is_compiling() and hidden.device.type == "cpu" and hidden.shape[:2].numel() == 1:
-        # One row on CPU (a compiled decoding step): a multiply and a sum, which inductor fuses into one
-        # parallel reduction over the vocabulary weight. Its decompose_mm_pass does this for the narrower
-        # projections of the step but stops at 2048 columns, and MKL's GEMV reads weights at half the speed.
-        logits = (hidden.unsqueeze(-2) * lm_head.weight).sum(-1)
-        return logits if lm_head.bias is None else logits + lm_head.bias
-    return lm_head(hidden)
+    return project(lm_head, hidden)
 
 
 class CausalLM(ZooModel):
