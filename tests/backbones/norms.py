@@ -19,6 +19,20 @@ def randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def randomize_decoder(model: torch.nn.Module) -> torch.nn.Module:
+    """A transformers decoder for parity tests: every norm and bias moved off identity and zero, so a missed or
+    swapped one shows, and its q/k projections scaled by 8, so that attention is peaked and positions (rotary,
+    masks, windows) weigh in the logits."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                param.add_(torch.randn(param.shape, generator=generator) * 0.1)
+            if ".q_proj.weight" in name or ".k_proj.weight" in name:
+                param.mul_(8)
+    return model
+
+
 def randomize_biases(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     """Every parameter named `*bias` (norm biases included) set to N(0, 0.1^2), so a dropped bias shows."""
     generator = torch.Generator().manual_seed(seed)

@@ -11,6 +11,7 @@ from torch._dynamo.utils import counters
 from torch._inductor import config as inductor_config
 
 import zoo
+from tests.backbones.norms import randomize_decoder
 from zoo.backbones.llama import LlamaForCausalLM, llama_config_from_transformers
 from zoo.backbones.qwen import (
     Qwen2ForCausalLM, Qwen3ForCausalLM, qwen2_config_from_transformers, qwen3_config_from_transformers,
@@ -43,15 +44,7 @@ def _reference(case: str):
     class_name, _, values = CASES[case]
     model_cls = getattr(transformers, class_name)
     config = model_cls.config_class(**_TINY, **values)
-    model = model_cls(config).eval()
-    with torch.no_grad():  # no norm at identity and no bias at zero, so a missed or swapped one shows
-        generator = torch.Generator().manual_seed(1)
-        for name, param in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                param.add_(torch.randn(param.shape, generator=generator) * 0.1)
-            if ".q_proj.weight" in name or ".k_proj.weight" in name:
-                param.mul_(8)  # peaked attention, so that positions (rotary, masks) weigh in the logits
-    return model
+    return randomize_decoder(model_cls(config).eval())
 
 
 def _loaded(case: str, tmp_path):

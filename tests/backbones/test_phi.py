@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import zoo
+from tests.backbones.norms import randomize_decoder
 from zoo.backbones.phi import PhiConfig, PhiForCausalLM, TRANSFORMERS, phi_config_from_transformers
 from zoo.errors import ConfigError
 from zoo.hub import load_weights
@@ -37,24 +38,13 @@ class _AttentionRMSNorm(nn.Module):
         return self.norm(output), weights
 
 
-def _randomize_norms_and_biases(model: nn.Module) -> nn.Module:
-    with torch.no_grad():  # no norm at identity and no bias at zero, so a missed or swapped one shows
-        generator = torch.Generator().manual_seed(1)
-        for name, param in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                param.add_(torch.randn(param.shape, generator=generator) * 0.1)
-            if ".q_proj.weight" in name or ".k_proj.weight" in name:
-                param.mul_(8)  # peaked attention, so that positions (rotary, masks) weigh in the logits
-    return model
-
-
 def _reference(tinygptv: bool = False):
     values = _TINY | ({"qk_layernorm": True} if tinygptv else {"num_key_value_heads": 2})
     model = transformers.PhiForCausalLM(transformers.PhiConfig(**values))
     if tinygptv:
         for layer in model.model.layers:
             layer.self_attn = _AttentionRMSNorm(layer.self_attn, _TINY["hidden_size"])
-    return _randomize_norms_and_biases(model).eval()
+    return randomize_decoder(model).eval()
 
 
 def _tinygptv_state_dict(reference: nn.Module) -> dict[str, torch.Tensor]:
