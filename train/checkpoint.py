@@ -72,13 +72,6 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint (which `latest` names, unless a run was killed between committing a checkpoint
-    and updating `latest`), or None."""
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1][1] if checkpoints else None
-
-
 def remove_incomplete(output_dir: str | Path) -> list[Path]:
     """Delete `.tmp` folders and files left by a run killed while writing; returns what was removed."""
     output_dir = Path(output_dir)

@@ -86,7 +86,7 @@ def test_resumed_run_is_bit_identical(tmp_path, case):
     straight = fit(config(tmp_path, "straight", case))
     with pytest.raises(Stop):  # killed after step 5: steps 4-5 are lost, checkpoint-3 survives
         fit(config(tmp_path, "resumed", case), callbacks=[stop_at(5)])
-    assert ckpt.latest_checkpoint(tmp_path / "resumed").name == "checkpoint-3"
+    assert ckpt.list_checkpoints(tmp_path / "resumed")[-1][1].name == "checkpoint-3"
     resumed = fit(config(tmp_path, "resumed", case, resume=True))
     assert resumed.resumed_from.name == "checkpoint-3" and resumed.step == straight.step == 7
     assert_identical(straight.checkpoint, resumed.checkpoint)
@@ -160,7 +160,7 @@ def test_failure_while_writing_keeps_latest_complete(tmp_path, monkeypatch):
     run = tmp_path / "run"
     assert (run / "checkpoint-6.tmp" / "model.safetensors").is_file()  # partial
     assert (run / "latest").read_text().strip() == "checkpoint-3"
-    assert ckpt.latest_checkpoint(run).name == "checkpoint-3"
+    assert ckpt.list_checkpoints(run)[-1][1].name == "checkpoint-3"
     monkeypatch.setattr(ckpt, "write_state_file", real)
     resumed = fit(config(tmp_path, "run", "classification", resume=True))
     assert resumed.resumed_from.name == "checkpoint-3" and not (run / "checkpoint-6.tmp").exists()
