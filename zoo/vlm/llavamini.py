@@ -115,11 +115,14 @@ class LlavaMini(ZooModel):
     """
 
     config_class = LlavaMiniConfig
+    # The release detaches the text embeddings it pre-fuses, so a prompt with an image trains them nowhere.
+    no_gradient_from_forward = ("language_model.embed_tokens.weight",)
 
     def __init__(self, config: LlavaMiniConfig):
         super().__init__(config)
         width = config.vision.hidden_size
-        self.vision_tower = CLIPVision(config.vision)
+        # Frozen as in the release (its last layer and post-LN are never used with select layer -2).
+        self.vision_tower = CLIPVision(config.vision).requires_grad_(False)
         self.compressor = QueryCompressor(config.compressor_size, width, COMPRESSOR_HEADS)
         self.mm_projector = build_projector(config.mm_projector_type, width, config.text.hidden_size)
         self.prefusion_layers = nn.ModuleList(
@@ -205,6 +208,8 @@ class LlavaMini(ZooModel):
         `padding_side` with positions 0..n-1. `labels` (B, L) follow the same way (the vision tokens get -100)."""
         if input_ids.ndim != 2:
             raise InputError(f"input_ids must be (B, L), got {tuple(input_ids.shape)}")
+        if input_ids.shape[0] == 0:
+            raise InputError("the batch is empty: pass at least one prompt with its image")
         images = self._check_images(images, input_ids.shape[0])
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
