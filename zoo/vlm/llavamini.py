@@ -448,6 +448,7 @@ register_model(ModelEntry(
     description="LLaVA-Mini: CLIP ViT-L/336, one vision token per image (query compression) after 4 pre-fusion "
                 "layers, Llama-3.1-8B-Instruct; images, high resolution and video.",
     default_input=_input_spec(LlavaMiniConfig(vision=_CLIP_L_336, text=_LLAMA_3_1_8B)),
+    expected_params=9_231_400_960,  # Llama-3.1-8B + 4 of its layers + CLIP-L/336 + projector + compressor
 ))
 
 _TINY = LlavaMiniConfig(
