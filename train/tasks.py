@@ -20,6 +20,7 @@ one with `register_loss_term` to make it available from YAML configs (`extra_los
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -376,7 +377,9 @@ class VLMSFTTask(Task):
 
     Options: `processor` (a folder or Hub repo to read a SmolVLMProcessor from; default: the model's own source, or
     for a new model the procedural byte tokenizer), `do_image_splitting` (False: one tile per image),
-    `max_new_tokens` for evaluation.
+    `max_new_tokens` for evaluation, `trainable` (parameter-name prefixes to train, the others frozen; None: all
+    that the model leaves trainable).
+    Families built otherwise bring their own samples, batches and loss positions (`VLM_SFT_FAMILIES`).
     """
 
     name = "vlm-sft"
@@ -386,8 +389,10 @@ class VLMSFTTask(Task):
     eval_metric = "exact_match"
 
     def __init__(self, extra_losses: Sequence[LossTerm | dict] = (), processor: Any = None,
-                 do_image_splitting: bool = False, max_new_tokens: int = 16):
+                 do_image_splitting: bool = False, max_new_tokens: int = 16, trainable: Sequence[str] | None = None):
         super().__init__(extra_losses)
+        self.trainable = None if trainable is None else tuple(trainable)
+        self.family: Any = None  # a VLM_SFT_FAMILIES handler, set up for its model
         self.processor = processor if not isinstance(processor, str) else None
         self.processor_source = processor if isinstance(processor, str) else None
         self.do_image_splitting = do_image_splitting
@@ -400,7 +405,7 @@ class VLMSFTTask(Task):
         return {"image_size": config.vision.image_size} if hasattr(config, "vision") else {}
 
     def model_overrides(self, entry: ModelEntry | None, dataset: Any, pretrained: bool) -> dict[str, Any]:
-        if entry is None or pretrained or self.processor is not None or self.processor_source is not None:
+        if entry is None or entry.family in VLM_SFT_FAMILIES or pretrained or self.processor is not None or self.processor_source is not None:
             return {}
         from zoo.vlm.smolvlm_processing import build_byte_tokenizer
 
@@ -410,6 +415,18 @@ class VLMSFTTask(Task):
     def setup(self, model: nn.Module, dataset: Any, source: ModelSource) -> None:
         from zoo.vlm.smolvlm_processing import SmolVLMProcessor, build_byte_tokenizer
 
+        if self.trainable is not None:
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(name.startswith(self.trainable))
+        handler = VLM_SFT_FAMILIES.get(getattr(model, "family", None))
+        if handler is not None:
+            origin = self.processor_source
+            if origin is None and source.folder is not None and _has_tokenizer(source.folder):
+                origin = str(source.folder)
+            module, _, name = handler.partition(":")
+            self.family = getattr(importlib.import_module(module), name)(model, origin or source.hub_id)
+            self.stop_ids = self.family.stop_ids
+            return
         config = model.config
         if not all(hasattr(config, name) for name in ("image_token_id", "vision", "text")) \
                 or not hasattr(model, "generate"):
@@ -472,6 +489,8 @@ class VLMSFTTask(Task):
         """
         from zoo.vlm.smolvlm_processing import image_prompt
 
+        if self.family is not None:
+            return self.family.encode(sample)
         if self.processor is None:
             raise ConfigError("call setup(model, ...) before encoding samples")
         for key in ("image", "question", "answer"):
@@ -519,6 +538,8 @@ class VLMSFTTask(Task):
         return torch.tensor(tokenizer(text, add_special_tokens=add_special)["input_ids"], dtype=torch.long)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.family is not None:
+            return {**self.family.collate(samples), "sample_ids": _sample_ids(samples)}
         pad = self.processor.tokenizer.pad_token_id or 0
         length = max(len(sample["input_ids"]) for sample in samples)
         tiles = max(len(sample["tiles"]) for sample in samples)
@@ -537,22 +558,31 @@ class VLMSFTTask(Task):
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        if self.family is not None:
+            return self.family.forward(model, batch)
         return model(batch["input_ids"], pixel_values=batch["pixel_values"].to(_dtype_of(model)))
 
     def criterion(self, outputs: torch.Tensor, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.item_outputs(outputs, batch).float()
-        targets = batch["labels"][:, 1:][batch["labels"][:, 1:] != IGNORE_INDEX]
+        if self.family is not None:
+            targets = self.family.targets(outputs)
+        else:
+            targets = batch["labels"][:, 1:][batch["labels"][:, 1:] != IGNORE_INDEX]
         loss = F.cross_entropy(logits, targets)
         return loss, {"token_accuracy": float((logits.argmax(-1) == targets).float().mean())}
 
     def item_outputs(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
         """The logits that predict answer tokens (N, vocab), N = answer tokens in the batch."""
+        if self.family is not None:
+            return self.family.item_outputs(outputs)
         return outputs[:, :-1][batch["labels"][:, 1:] != IGNORE_INDEX]
 
     @torch.no_grad()
     def answer(self, model: nn.Module, images: list[Any], questions: list[str],
                max_new_tokens: int | None = None) -> list[str]:
         """Greedy answers (text up to the end-of-utterance token, stripped) to one question per image."""
+        if self.family is not None:
+            return self.family.answer(model, images, questions, max_new_tokens or self.max_new_tokens)
         device = next(model.parameters()).device
         prompts = [self.prompt(question) for question in questions]
         inputs = self.processor(text=prompts, images=[[image] for image in images])
@@ -584,8 +614,16 @@ class VLMSFTTask(Task):
         return metrics
 
     def save_extras(self, folder: Any) -> None:
-        if self.processor is not None:
+        if self.family is not None:
+            self.family.save_pretrained(folder)
+        elif self.processor is not None:
             self.processor.save_pretrained(folder)
+
+
+# vlm-sft handlers of the families whose processor and loss positions differ from SmolVLM's, as "module:class"
+# (imported when used): the class takes (model, processor source or None) and provides stop_ids, encode, collate,
+# forward, item_outputs(outputs), targets(outputs), answer and save_pretrained.
+VLM_SFT_FAMILIES: dict[str, str] = {"llava-mini": "zoo.vlm.llavamini_processing:LlavaMiniSFT"}
 
 
 def _has_tokenizer(folder: Any) -> bool:

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from zoo.errors import InputError
-from zoo.vlm.llavamini import IMAGE_TOKEN_INDEX
+from zoo.vlm.llavamini import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from zoo.vlm.smolvlm_processing import build_byte_tokenizer, load_image
 
 IMAGE_TOKEN = "<image>"
@@ -281,8 +281,7 @@ class LlavaMiniProcessor:
                              f"{expected} ({'one image or video per prompt' if expected else 'no image was given'}); "
                              "build prompts with apply_chat_template")
         length = max(len(row) for row in ids)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
+        input_ids = torch.zeros(len(ids), length, dtype=torch.long)  # id 0: pre-fusion masks ids <= 0
         attention_mask = torch.zeros(len(ids), length, dtype=torch.long)
         for row, tokens in enumerate(ids):
             input_ids[row, length - len(tokens):] = torch.tensor(tokens)
@@ -296,6 +295,89 @@ class LlavaMiniProcessor:
 
     def decode(self, token_ids: Tensor | Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+
+class LlavaMiniSFT:
+    """How the `vlm-sft` training task drives LLaVA-Mini: samples (image, question, answer) -> the llava_llama_3_1
+    conversation with the loss on the answer and its end token, images through CLIP's preprocessing, and the loss
+    taken on the LLM's sequence (where the placeholder became c^2 tokens), as the release trains."""
+
+    def __init__(self, model: Any, processor_source: str | Path | None = None):
+        from zoo.errors import ConfigError
+
+        self.processor = LlavaMiniProcessor.for_model(model.config, processor_source)
+        vocab = model.config.text.vocab_size
+        if len(self.processor.tokenizer) > vocab:
+            raise ConfigError(f"The tokenizer has {len(self.processor.tokenizer)} tokens but the model has a vocabulary "
+                              f"of {vocab}; build the model with text={{'vocab_size': {len(self.processor.tokenizer)}}} "
+                              "or more.")
+        self.stop_ids = self.processor.stop_token_ids
+        # Every vlm-sft prompt holds an image, and the release detaches the embeddings it pre-fuses: nothing trains
+        # them here (and DDP would stop at a parameter without a gradient).
+        model.language_model.embed_tokens.weight.requires_grad_(False)
+
+    def encode(self, sample: dict[str, Any]) -> dict[str, Tensor]:
+        question, answer = str(sample["question"]), str(sample["answer"])
+        if IMAGE_TOKEN in question:
+            raise InputError(f"a question cannot hold the <image> placeholder: {question!r}")
+        prompt = self.processor.apply_chat_template(question)
+        full = self.processor.apply_chat_template(question, answer=answer)
+        completion = full[len(prompt):] if full.startswith(prompt) else answer + STOP_TOKENS[0]
+        prompt_ids = torch.tensor(self.processor.tokenize(prompt))
+        answer_ids = torch.tensor(self.processor.tokenizer(completion, add_special_tokens=False).input_ids)
+        return {"input_ids": torch.cat([prompt_ids, answer_ids]),
+                "labels": torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), answer_ids]),
+                "images": self.processor.preprocess_image(sample["image"])}
+
+    def collate(self, samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Right-padded with id 0 (masked by the attention mask in the LLM and by pre-fusion's ids <= 0)."""
+        length = max(len(sample["input_ids"]) for sample in samples)
+        input_ids = torch.zeros(len(samples), length, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        labels = torch.full_like(input_ids, IGNORE_INDEX)
+        for row, sample in enumerate(samples):
+            n = len(sample["input_ids"])
+            input_ids[row, :n], attention_mask[row, :n], labels[row, :n] = sample["input_ids"], 1, sample["labels"]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                "images": torch.stack([sample["images"] for sample in samples])}
+
+    def forward(self, model: Any, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The logits over the LLM's sequence and the labels moved with it (pre-fusion never sees the answer)."""
+        images = batch["images"].to(next(model.parameters()).dtype)
+        prepared = model.prepare_inputs_embeds(batch["input_ids"], batch["attention_mask"], images, batch["labels"])
+        logits = model(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask,
+                       position_ids=prepared.position_ids)
+        return {"logits": logits, "labels": prepared.labels}
+
+    @staticmethod
+    def item_outputs(outputs: dict[str, Tensor]) -> Tensor:
+        """The logits that predict answer tokens (N, vocab)."""
+        return outputs["logits"][:, :-1][outputs["labels"][:, 1:] != IGNORE_INDEX]
+
+    @staticmethod
+    def targets(outputs: dict[str, Tensor]) -> Tensor:
+        labels = outputs["labels"][:, 1:]
+        return labels[labels != IGNORE_INDEX]
+
+    def answer(self, model: Any, images: list[Any], questions: list[str], max_new_tokens: int) -> list[str]:
+        device = next(model.parameters()).device
+        prompts = [self.processor.apply_chat_template(question) for question in questions]
+        inputs = {key: value.to(device) for key, value in self.processor(prompts, images=images).items()}
+        inputs["images"] = inputs["images"].to(next(model.parameters()).dtype)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids)
+        new = output[:, inputs["input_ids"].shape[1]:]
+        return [self.processor.decode(row).strip() for row in new]
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """The tokenizer and CLIP's settings, so that the trained folder runs with `zoo run --checkpoint`."""
+        folder = Path(folder)
+        self.processor.tokenizer.save_pretrained(folder)
+        processor = self.processor
+        settings = {"crop_size": {"height": processor.crop_size, "width": processor.crop_size},
+                    "size": {"shortest_edge": processor.shortest_edge}, "image_mean": list(processor.image_mean),
+                    "image_std": list(processor.image_std), "rescale_factor": processor.rescale_factor,
+                    "image_processor_type": "CLIPImageProcessor"}
+        (folder / "preprocessor_config.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def _read_preprocessor(folder: Path | None, tower: str) -> dict:
