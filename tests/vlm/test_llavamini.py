@@ -14,8 +14,10 @@ from torch import nn
 
 import zoo
 from tests.backbones.norms import randomize_decoder, randomize_norms
-from zoo.errors import CheckpointError, InputError
-from zoo.vlm.llavamini import LlavaMini
+from tests.hub_server import populate_cache
+from zoo.errors import CheckpointError, HubError, InputError
+from zoo.registry import get_entry
+from zoo.vlm.llavamini import LlavaMini, tower_config
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding  # noqa: E402
@@ -335,3 +337,23 @@ def test_registry_sizes():
     assert counts["vision_tower"] == 303_507_456  # CLIP ViT-L/336
     assert counts["prefusion_layers"] == 4 * 218_112_000  # four Llama-3.1-8B layers
     assert counts["compressor"] == 2 * 1024 + 4 * 1024 + 4 * 1024 * 1024 + 4 * 1024  # query, pos, 2 LNs, MHA
+
+
+def test_from_the_hub_cache_offline(reference, tmp_path, hf_cache, offline):
+    """The release's layout as Hub repos: the checkpoint names its tower by repo id, both read from the cache."""
+    folder = reference.save_official(tmp_path)
+    populate_cache(hf_cache, "zoo-test/clip-tower", tmp_path / "tower")
+    config = json.loads((folder / "config.json").read_text())
+    config["mm_vision_tower"] = "zoo-test/clip-tower"
+    (folder / "config.json").write_text(json.dumps(config))
+    populate_cache(hf_cache, "zoo-test/llava-mini", folder)
+    model = zoo.from_pretrained("zoo-test/llava-mini")
+    assert model.config.vision_tower == "zoo-test/clip-tower"
+    input_ids, attention_mask = _prompts()
+    _check(model, reference, input_ids, attention_mask, _images(2, 1))
+
+
+def test_registered_tower_config_when_the_hub_is_out_of_reach(offline):
+    assert tower_config("openai/clip-vit-large-patch14-336") == get_entry("clip-vit-l-336").config
+    with pytest.raises(HubError):
+        tower_config("zoo-test/not-cached")
