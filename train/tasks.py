@@ -623,7 +623,7 @@ class VLMSFTTask(Task):
 # vlm-sft handlers of the families whose processor and loss positions differ from SmolVLM's, as "module:class"
 # (imported when used): the class takes (model, processor source or None) and provides stop_ids, encode, collate,
 # forward, item_outputs(outputs), targets(outputs), answer and save_pretrained.
-VLM_SFT_FAMILIES: dict[str, str] = {"llava-mini": "zoo.vlm.llavamini_processing:LlavaMiniSFT"}
+VLM_SFT_FAMILIES: dict[str, str] = {"llavamini": "zoo.vlm.llavamini_processing:LlavaMiniSFT"}
 
 
 def _has_tokenizer(folder: Any) -> bool:

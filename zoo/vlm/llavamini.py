@@ -403,7 +403,7 @@ OFFICIAL = Converter(
     matches_keys=lambda keys: any(key.startswith("model.compressor.") for key in keys),
 )
 
-register_family("llava-mini", LlavaMini, [OFFICIAL], runner="zoo.vlm.llavamini_processing:run")
+register_family("llavamini", LlavaMini, [OFFICIAL], runner="zoo.vlm.llavamini_processing:run")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -440,7 +440,7 @@ _CLIP_L_336 = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hid
                                image_size=336, patch_size=14)
 
 register_model(ModelEntry(
-    "llava-mini-llama3.1-8b", "llava-mini", "vlm",
+    "llava-mini-llama3.1-8b", "llavamini", "vlm",
     LlavaMiniConfig(vision=_CLIP_L_336, text=_LLAMA_3_1_8B, compressor_size=1, prefusion_layer_num=4,
                     tokenizer_model_max_length=4096),
     sources=(PretrainedSource("ICTNLP/llava-mini-llama-3.1-8b", format="official", license="gpl-3.0"),),
@@ -461,7 +461,7 @@ _TINY = LlavaMiniConfig(
     vision_tower="", compressor_size=2, prefusion_layer_num=2,
 )
 register_model(ModelEntry(
-    "llava-mini-tiny", "llava-mini", "vlm", _TINY,
+    "llava-mini-tiny", "llavamini", "vlm", _TINY,
     description="A small random LLaVA-Mini for tests and demos: 4x4 CLIP patches compressed to 4 tokens, 2 pre-fusion "
                 "and 2 LLM layers (Llama 3.1-style rope scaling).",
     default_input=_input_spec(_TINY),

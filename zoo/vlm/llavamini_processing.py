@@ -416,7 +416,7 @@ def run(name: str, args: Any) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.checkpoint:
         source = args.checkpoint
-        model = from_pretrained(source, family="llava-mini", dtype=args.dtype or "auto", device=device)
+        model = from_pretrained(source, family="llavamini", dtype=args.dtype or "auto", device=device)
     else:
         entry, tag = split_name(name)
         source = entry.source(tag).hub_id
