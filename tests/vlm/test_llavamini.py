@@ -271,6 +271,7 @@ def test_high_resolution_matches_reference(tmp_path):
     assert model.config.num_parts == 5
     input_ids, attention_mask = _prompts()
     _check(model, reference, input_ids, attention_mask, _images(2, 5))
+    _check(model, reference, input_ids[:1], attention_mask[:1], _images(1, 2, 5))  # a 2-frame high-resolution video
 
 
 def test_greedy_generation_matches_reference(loaded, reference):
