@@ -354,6 +354,9 @@ def tower_config(tower: str) -> CLIPVisionConfig:
 def _from_official_config(values: dict[str, Any]) -> LlavaMiniConfig:
     if "mm_vision_tower" not in values:
         raise CheckpointError("config.json has no mm_vision_tower: a LLaVA-Mini checkpoint names its CLIP tower there.")
+    if "unpad" in values.get("mm_patch_merge_type", "flat"):
+        raise ConfigError(f"mm_patch_merge_type '{values['mm_patch_merge_type']}' (LLaVA-NeXT's image_newline) is not "
+                          "part of LLaVA-Mini; zoo reads 'flat' checkpoints.")
     vision = tower_config(values["mm_vision_tower"])
     mm_hidden = values.get("mm_hidden_size", vision.hidden_size)
     if mm_hidden != vision.hidden_size:
