@@ -405,7 +405,8 @@ class VLMSFTTask(Task):
         return {"image_size": config.vision.image_size} if hasattr(config, "vision") else {}
 
     def model_overrides(self, entry: ModelEntry | None, dataset: Any, pretrained: bool) -> dict[str, Any]:
-        if entry is None or entry.family in VLM_SFT_FAMILIES or pretrained or self.processor is not None or self.processor_source is not None:
+        if entry is None or entry.family in VLM_SFT_FAMILIES or pretrained or self.processor is not None \
+                or self.processor_source is not None:
             return {}
         from zoo.vlm.smolvlm_processing import build_byte_tokenizer
 

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cache-budget-gb", type=float, default=None,
                         help="KV budget for the video count (default: 24 GB minus the model's bf16 weights)")
     parser.add_argument("--out", type=Path, default=Path("eval/results/llavamini-efficiency.json"))
-    parser.add_argument("--model", default=MODEL, help="the registered LLaVA-Mini to measure (a tiny one for a smoke test)")
+    parser.add_argument("--model", default=MODEL, help="the LLaVA-Mini to measure (a tiny one for a smoke test)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.backends.mha.set_fastpath_enabled(False)  # the compressor's attention as linears + SDPA, which are counted
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     extra_llm = config.text.num_hidden_layers - model.config.text.num_hidden_layers
     extra_pre = config.prefusion_layer_num - model.config.prefusion_layer_num
     extrapolated = {
-        "llava_mini": measured["llava_mini"]["wall_p50"] + extra_llm * layer["llm_mini"] + extra_pre * layer["prefusion"],
+        "llava_mini": (measured["llava_mini"]["wall_p50"] + extra_llm * layer["llm_mini"]
+                       + extra_pre * layer["prefusion"]),
         "llava_1.5_style": measured["llava_1.5_style"]["wall_p50"] + extra_llm * layer["llm_baseline"],
     }
     print(f"prefill, 2 + 2 layers (CPU, medians): LLaVA-1.5 style {measured['llava_1.5_style']['wall_p50']:.2f} s, "
@@ -196,8 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     frames = {name: math.floor(budget / value["bytes_per_image_published_bf16"]) for name, value in kv.items()}
     print(f"KV cache per image (published, bf16): LLaVA-1.5 style "
           f"{kv['llava_1.5_style']['bytes_per_image_published_bf16'] / 1e6:.1f} MB, LLaVA-Mini "
-          f"{kv['llava_mini']['bytes_per_image_published_bf16'] / 1e6:.3f} MB (paper, Vicuna-7B MHA fp16: 360 / 0.6 MB); "
-          f"video frames in {budget / 1e9:.1f} GB: {frames['llava_1.5_style']} vs {frames['llava_mini']}")
+          f"{kv['llava_mini']['bytes_per_image_published_bf16'] / 1e6:.3f} MB (paper, Vicuna-7B MHA fp16: 360 / 0.6 MB);"
+          f" video frames in {budget / 1e9:.1f} GB: {frames['llava_1.5_style']} vs {frames['llava_mini']}")
 
     info = machine_info()
     result = {
@@ -212,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "kv_cache": kv, "video": {"cache_budget_bytes": budget, "frames": frames},
         "paper": PAPER,
         "note": "CPU timings on a shared machine; the two contenders alternate in one process and medians are "
-                "compared. The paper's latency (100 -> 40 ms) is on a GPU; its KV figures are for Vicuna-7B (MHA, fp16).",
+                "compared. The paper's latency (100 -> 40 ms) is on a GPU; its KV figures are for Vicuna-7B (MHA, "
+                "fp16).",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

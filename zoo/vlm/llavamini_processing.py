@@ -207,7 +207,7 @@ class LlavaMiniProcessor:
         return Image.fromarray(load_image(image).permute(1, 2, 0).numpy())
 
     def preprocess_image(self, image: Any) -> Tensor:
-        """One image (PIL, path, uint8 array) -> (P, 3, S, S): the N x N crops then the whole image (P = 1 for N = 1)."""
+        """One image (PIL, path, uint8 array) -> (P, 3, S, S): the N x N crops, then the whole image (P = 1 at N = 1)."""
         image = self._to_pil(image)
         if self.image_aspect_ratio == "pad":
             fill = tuple(int(x * 255) for x in self.image_mean)
@@ -308,9 +308,9 @@ class LlavaMiniSFT:
         self.processor = LlavaMiniProcessor.for_model(model.config, processor_source)
         vocab = model.config.text.vocab_size
         if len(self.processor.tokenizer) > vocab:
-            raise ConfigError(f"The tokenizer has {len(self.processor.tokenizer)} tokens but the model has a vocabulary "
-                              f"of {vocab}; build the model with text={{'vocab_size': {len(self.processor.tokenizer)}}} "
-                              "or more.")
+            size = len(self.processor.tokenizer)
+            raise ConfigError(f"The tokenizer has {size} tokens but the model has a vocabulary of {vocab}; build the "
+                              f"model with text={{'vocab_size': {size}}} or more.")
         self.stop_ids = self.processor.stop_token_ids
         # Every vlm-sft prompt holds an image, and the release detaches the embeddings it pre-fuses: nothing trains
         # them here (and DDP would stop at a parameter without a gradient).
