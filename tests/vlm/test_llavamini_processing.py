@@ -171,3 +171,19 @@ def test_zoo_run_errors(checkpoint, capsys):
     assert "one --image or one --video" in capsys.readouterr().err
     assert main(args + ["--image", str(where / "missing.png")]) == 2
     assert "Image file not found" in capsys.readouterr().err
+
+
+def test_training_samples_keep_one_bos():
+    """Inference keeps tokenizer_image_token's two BOS (template + tokenizer); training drops one, as the release."""
+    from zoo.vlm.llavamini_processing import LlavaMiniSFT
+
+    tokenizer = build_byte_tokenizer(add_bos=True)
+    tokenizer.chat_template = "<|im_start|>{% for m in messages %}{{ m['content'] }}|{% endfor %}"
+    handler = LlavaMiniSFT(zoo.create("llava-mini-tiny"))
+    handler.processor = LlavaMiniProcessor(tokenizer, crop_size=CROP)
+    bos = tokenizer.bos_token_id
+    prompt = handler.processor.apply_chat_template("Hi?")
+    assert handler.processor.tokenize(prompt)[:3] == [bos, bos, tokenizer.convert_tokens_to_ids("Y")]
+    sample = handler.encode({"image": random_image(40, 40), "question": "Hi?", "answer": "no"})
+    assert sample["input_ids"][:2].tolist() == [bos, tokenizer.convert_tokens_to_ids("Y")]
+    assert (sample["labels"] != -100).sum() == len(tokenizer("no|", add_special_tokens=False).input_ids)

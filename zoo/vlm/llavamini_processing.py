@@ -239,7 +239,9 @@ class LlavaMiniProcessor:
     def apply_chat_template(self, question: str, add_generation_prompt: bool = True, answer: str | None = None,
                             image: bool = True) -> str:
         """The llava_llama_3_1 conversation: the system prompt, then the user's `"<image>\\n" + question` (no
-        placeholder when `image` is False), then the assistant's `answer` if given."""
+        placeholder when `image` is False), then the assistant's `answer` if given. The release's evaluation scripts
+        render it with add_generation_prompt=False (no assistant header); its training puts the header before every
+        answer, which is what the default gives."""
         messages = [{"role": "system", "content": self.system_prompt},
                     {"role": "user", "content": (IMAGE_TOKEN + "\n" if image else "") + question}]
         if answer is not None:
@@ -324,6 +326,9 @@ class LlavaMiniSFT:
         full = self.processor.apply_chat_template(question, answer=answer)
         completion = full[len(prompt):] if full.startswith(prompt) else answer + STOP_TOKENS[0]
         prompt_ids = torch.tensor(self.processor.tokenize(prompt))
+        bos = self.processor.tokenizer.bos_token_id
+        if len(prompt_ids) > 1 and prompt_ids[0] == prompt_ids[1] == bos:
+            prompt_ids = prompt_ids[1:]  # the template's BOS and the tokenizer's: the release trains with one
         answer_ids = torch.tensor(self.processor.tokenizer(completion, add_special_tokens=False).input_ids)
         return {"input_ids": torch.cat([prompt_ids, answer_ids]),
                 "labels": torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), answer_ids]),
