@@ -49,7 +49,8 @@ def test_tiny_forward_and_backward(name):
     assert output is not None and torch.isfinite(output).all()
     output.float().square().mean().backward()
     by_design = getattr(model, "no_gradient_from_forward", ())
-    without_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None and n not in by_design]
+    without_grad = [n for n, p in model.named_parameters()
+                    if p.requires_grad and p.grad is None and n not in by_design]
     assert not without_grad, f"no gradient for {without_grad[:10]}"
 
 
