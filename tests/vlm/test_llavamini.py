@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import zoo
-from tests.backbones.norms import randomize_decoder, randomize_norms
+from tests.backbones.norms import randomize_biases, randomize_decoder, randomize_norms
 from tests.hub_server import populate_cache
 from zoo.errors import CheckpointError, HubError, InputError
 from zoo.registry import get_entry
@@ -56,9 +56,7 @@ class Reference(nn.Module):
         self.attn = nn.MultiheadAttention(WIDTH, 8, batch_first=True)
         self.projector = nn.Sequential(nn.Linear(WIDTH, 64), nn.GELU(), nn.Linear(64, 64))
         randomize_norms(self)
-        with torch.no_grad():
-            self.attn.in_proj_bias.normal_(0, 0.1)
-            self.attn.out_proj.bias.normal_(0, 0.1)
+        randomize_biases(self, seed=2)  # CLIP's, the projector's and the compressor's biases, norms' included
         self.eval()
 
     def official_state_dict(self) -> dict[str, torch.Tensor]:
