@@ -16,6 +16,7 @@ import zoo
 from tests.backbones.norms import randomize_biases, randomize_decoder, randomize_norms
 from tests.hub_server import populate_cache
 from zoo.errors import CheckpointError, HubError, InputError
+from zoo.layers.attention import DynamicCache
 from zoo.registry import get_entry
 from zoo.vlm.llavamini import LlavaMini, tower_config
 
@@ -177,14 +178,16 @@ class Reference(nn.Module):
         return self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits, mask
 
     def greedy(self, input_ids, images, steps):
+        """Greedy tokens, each from a full recomputation without cache, and the last-position logits of each step."""
         embeds, mask, positions = self.embeds(input_ids, torch.ones_like(input_ids), images)
-        tokens = []
+        tokens, step_logits = [], []
         for _ in range(steps):
             logits = self.llm(inputs_embeds=embeds, position_ids=torch.arange(embeds.shape[1])[None]).logits
             token = logits[0, -1].argmax()
             tokens.append(int(token))
+            step_logits.append(logits[0, -1])
             embeds = torch.cat([embeds, self.llm.model.embed_tokens(token)[None, None]], 1)
-        return tokens
+        return tokens, torch.stack(step_logits)
 
 
 @pytest.fixture(scope="module")
@@ -275,10 +278,19 @@ def test_high_resolution_matches_reference(tmp_path):
 def test_greedy_generation_matches_reference(loaded, reference):
     input_ids, _ = _prompts()
     images = _images(1, 1)
-    expected = reference.greedy(input_ids[:1], images, 20)
+    with torch.no_grad():
+        expected, expected_logits = reference.greedy(input_ids[:1], images, 20)
     output = loaded.generate(input_ids[:1], images=images, max_new_tokens=20)
     assert output[0, :10].tolist() == input_ids[0].tolist()
     assert output[0, 10:].tolist() == expected
+    # the cached decoding steps (plain embeddings after the fused prefix) give the recomputed logits
+    with torch.no_grad():
+        prepared = loaded.prepare_inputs_embeds(input_ids[:1], None, images)
+        cache, n = DynamicCache(), prepared.inputs_embeds.shape[1]
+        logits = [loaded(inputs_embeds=prepared.inputs_embeds, position_ids=prepared.position_ids, cache=cache)[0, -1]]
+        for step, token in enumerate(expected[:-1]):
+            logits.append(loaded(torch.tensor([[token]]), position_ids=torch.tensor([[n + step]]), cache=cache)[0, -1])
+    assert (torch.stack(logits) - expected_logits).abs().max() < 1e-4
     # a left-padded static-cache batch decodes each row as alone
     batch = loaded.generate(*_prompts(), images=_images(2, 1), max_new_tokens=8, cache="static")
     alone = loaded.generate(input_ids[1:, :7], images=_images(2, 1)[1:], max_new_tokens=8)
