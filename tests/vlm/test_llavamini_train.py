@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 import zoo
 from train.config import TrainConfig
@@ -43,3 +44,14 @@ def test_stage1_then_stage2(tmp_path):
     # the trained folder carries its tokenizer and CLIP settings: the processor reads them back
     processor = LlavaMiniProcessor.for_model(zoo.from_pretrained(second.model_dir).config, second.model_dir)
     assert processor.crop_size == 32 and "<|eot_id|>" in processor.tokenizer.get_vocab()
+
+
+def test_lora_on_the_decoder_mlps(tmp_path):
+    """The LoRA variant of stage 2: adapters on the LLM's and pre-fusion's MLPs only, the tower left alone."""
+    config = TrainConfig.from_yaml(CONFIGS / "llavamini-stage2.yaml", model="llava-mini-tiny",
+                                   output_dir=str(tmp_path / "lora"), **{**QUICK, "max_steps": 2},
+                                   lora_rank=4, lora_targets=["gate_proj", "up_proj", "down_proj"],
+                                   task_options={"max_new_tokens": 2})
+    result = fit(config)
+    adapters = load_file(result.model_dir / "adapter_model.safetensors")
+    assert adapters and {key.split(".")[0] for key in adapters} == {"language_model", "prefusion_layers"}
