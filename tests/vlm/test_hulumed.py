@@ -140,7 +140,8 @@ def test_logits_match_the_oracle(pair, make):
     assert logits.shape == expected.shape
     assert (logits - expected).abs().max() < 1e-4
     if make is _video:
-        # frame 0 keeps its first token (the released sentinel), frame 1 one (repeat), frame 2 tokens 1 and 3, frame 3 all
+        # frame 0 keeps its first token (the released sentinel), frame 1 one (a repeat), frame 2 tokens 1 and 3,
+        # frame 3 all
         assert pruned_ids.shape[1] == inputs["input_ids"].shape[1] - 16 + 1 + 1 + 2 + 4
         kept = model.visual_token_masks(inputs["pixel_values"], inputs["grid_sizes"], inputs["merge_sizes"], ["video"])
         assert kept[0].view(4, 4).tolist() == [[True, False, False, False], [True, False, False, False],

@@ -171,7 +171,7 @@ class HuluMed(ZooModel):
                                  "build inputs with the Hulu-Med processor")
             return PreparedInputs(input_ids, attention_mask, labels, torch.zeros(0, dtype=torch.bool), False)
         masks = self.visual_token_masks(pixel_values, grid_sizes, merge_sizes, modals)
-        keep = torch.cat(masks)
+        keep = torch.cat([torch.zeros(0, dtype=torch.bool, device=pixel_values.device), *masks])
         total, kept = keep.numel(), int(keep.sum())
         if not self.config.use_token_compression:
             keep = torch.ones_like(keep)
@@ -210,7 +210,8 @@ class HuluMed(ZooModel):
         dtype = self.vision_encoder.embeddings.patch_embedding.proj.weight.dtype
         features = self.mm_projector(self.vision_encoder(pixel_values.to(dtype), grid_sizes, merge_sizes))
         counts = (grid_sizes.prod(dim=1) // merge_sizes**2).tolist()
-        return torch.cat([part for part, modal in zip(features.split(counts), modals) if modal != "text"])
+        parts = [part for part, modal in zip(features.split(counts), modals) if modal != "text"]
+        return torch.cat([features[:0], *parts])
 
     # -- forward and generation ------------------------------------------------------------------------------------
 
@@ -344,7 +345,7 @@ register_family("hulumed", HuluMed, [PUBLISHED], runner="zoo.vlm.hulumed_process
 def _example_inputs(config: HuluMedConfig, batch_size: int, generator: torch.Generator | None) -> dict[str, Any]:
     """Per sample a 2x3-merged-token image (merge 1): 4 text tokens, its 6 <image> tokens, 4 text tokens."""
     patch = config.vision.num_channels * config.vision.patch_size**2
-    grid = torch.tensor([[1, 2, 3]] * batch_size)
+    grid = torch.tensor([[1, 2, 3]] * batch_size, dtype=torch.long).view(-1, 3)
     text = torch.randint(0, min(config.image_token_index, config.text.vocab_size), (batch_size, 8),
                          generator=generator)
     image = torch.full((batch_size, 6), config.image_token_index)
