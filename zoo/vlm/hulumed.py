@@ -409,7 +409,7 @@ _TINY = HuluMedConfig(
                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
                        rope_theta=1000000.0, max_position_embeddings=4096, qkv_bias=True),
     # <image> and the padding token of zoo's procedural Hulu-Med byte tokenizer (hulumed_processing.build_tokenizer)
-    image_token_index=300, pad_token_id=2,
+    image_token_index=261, pad_token_id=0,
 )
 register_model(ModelEntry(
     "hulu-med-tiny", "hulumed", "vlm", _TINY, paper=_PAPER, default_input=_input_spec(_TINY),
