@@ -20,6 +20,7 @@ one with `register_loss_term` to make it available from YAML configs (`extra_los
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -396,6 +397,14 @@ class VLMSFTTask(Task):
         self._prompt_ids: dict[tuple[str, int, int], torch.Tensor] = {}
         self._answer_ids: dict[tuple[str, str], torch.Tensor] = {}
 
+    def check_entry(self, entry: ModelEntry | None, family: str) -> None:
+        """Also hands a family with a recipe of its own (`VLM_SFT_RECIPES`) to that VLMSFTTask subclass."""
+        super().check_entry(entry, family)
+        recipe = VLM_SFT_RECIPES.get(family)
+        if recipe is not None and type(self) is VLMSFTTask:
+            module, _, name = recipe.partition(":")
+            self.__class__ = getattr(importlib.import_module(module), name)
+
     def data_defaults(self, entry: ModelEntry | None, config: Any) -> dict[str, Any]:
         return {"image_size": config.vision.image_size} if hasattr(config, "vision") else {}
 
@@ -586,6 +595,10 @@ class VLMSFTTask(Task):
     def save_extras(self, folder: Any) -> None:
         if self.processor is not None:
             self.processor.save_pretrained(folder)
+
+
+# Vision-language families fine-tuned differently from SmolVLM: their VLMSFTTask subclass, imported when used.
+VLM_SFT_RECIPES = {"hulumed": "train.hulumed_sft:HuluMedSFTTask"}
 
 
 def _has_tokenizer(folder: Any) -> bool:

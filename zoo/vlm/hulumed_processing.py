@@ -288,6 +288,24 @@ class HuluMedProcessor:
         settings = {name: value for name, value in settings.items() if value is not None}
         return cls(AutoTokenizer.from_pretrained(folder), **{**settings, **overrides})
 
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """The tokenizer, `preprocessor_config.json` and `processor_config.json` (and `chat_template.jinja` when
+        set), as `from_pretrained` reads them back."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        image = {"image_processor_type": "HulumedImageProcessor", "patch_size": self.patch_size,
+                 "min_tokens": self.min_tokens, "max_tokens": self.max_tokens, "image_mean": list(self.image_mean),
+                 "image_std": list(self.image_std), "do_resize": True, "do_rescale": True, "do_normalize": True,
+                 "rescale_factor": 1 / 255, "resample": 3}
+        processor = {"processor_class": "HulumedProcessor", "image_merge_size": self.image_merge_size,
+                     "video_merge_size": self.video_merge_size, "fps": self.fps, "max_frames": self.max_frames}
+        (folder / "preprocessor_config.json").write_text(json.dumps(image, indent=2) + "\n")
+        (folder / "processor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+        if self.chat_template:
+            (folder / "chat_template.jinja").write_text(self.chat_template, encoding="utf-8")
+        self.tokenizer.save_pretrained(folder)
+        return folder
+
     # -- visuals ---------------------------------------------------------------------------------------------------
 
     def load(self, block: dict) -> tuple[str, Frames]:
