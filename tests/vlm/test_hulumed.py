@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 import zoo
 from tests.backbones.norms import randomize_biases, randomize_decoder, randomize_norms
+from tests.hub_server import populate_cache
 from zoo.errors import CheckpointError, ConfigError, InputError
 from zoo.vlm.hulumed import SO400M_NAVIT, HuluMed, hulumed_config_from_published
 
@@ -258,3 +259,21 @@ def test_published_sizes_match_the_hub_size_labels():
         params = zoo.model_info(name)["params"]
         assert round(params / 1e9) == billions, (name, params)
     assert zoo.model_info("hulu-med-7b")["params"] == 8_044_744_944
+
+
+def test_published_repo_loads_through_the_hub_cache(tmp_path, hf_cache, offline):
+    """`zoo.from_pretrained("ZJU-AI4H/Hulu-Med-14B")` and `zoo.create("hulu-med-14b", pretrained=True)` (at a tiny
+    shape) read the HF-Version layout from the offline cache, as from the Hub."""
+    oracle = Oracle("qwen3")
+    oracle.save(tmp_path / "ckpt", "hulumed_qwen3")
+    populate_cache(hf_cache, "ZJU-AI4H/Hulu-Med-14B", tmp_path / "ckpt")
+    inputs = _video()
+    expected, _ = oracle.logits(**inputs)
+    loaded = zoo.from_pretrained("ZJU-AI4H/Hulu-Med-14B")
+    vision = {k: v for k, v in VISION.items()}
+    text = {k: v for k, v in TEXT.items() if k not in ("rope_parameters",)}
+    created = zoo.create("hulu-med-14b", pretrained=True, image_token_index=IMAGE, pad_token_id=0, vision=vision,
+                         text={**text, "head_dim": 24, "rope_theta": 10000.0, "qk_norm": True})
+    with torch.no_grad():
+        for model in (loaded, created):
+            assert (model(**inputs) - expected).abs().max() < 1e-4
