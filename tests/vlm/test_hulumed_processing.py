@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import zoo
 from zoo.cli import main
@@ -209,6 +210,15 @@ def test_run_answers_about_a_volume(checkpoint, capsys):
         {"type": "3d", "3d": str(scan)}, {"type": "text", "text": "Findings?"}]}])
     output = model.generate(**inputs, max_new_tokens=5, eos_token_id=[2])
     assert printed == processor.decode(output[0])
+    image = folder.parent / "xray.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(image)
+    assert main(["run", "hulu-med-tiny", "--checkpoint", str(folder), "--image", str(image), "--think", "--prompt",
+                 "Findings?", "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    inputs = processor(conversation=[{"role": "user", "content": [
+        {"type": "image", "image": str(image)}, {"type": "text", "text": "Findings?"}]}], think=True)
+    assert THINK_SUFFIX in processor.tokenizer.decode(inputs["input_ids"][0])
+    output = model.generate(**inputs, max_new_tokens=3, eos_token_id=[2])
+    assert capsys.readouterr().out.strip() == processor.decode(output[0], use_think=True)
     assert main(["run", "hulu-med-tiny", "--checkpoint", str(folder), "--volume", str(folder / "config.json"),
                  "--prompt", "?"]) == 2
     assert "neither a NIfTI file" in capsys.readouterr().err
