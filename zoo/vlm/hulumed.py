@@ -115,8 +115,9 @@ class HuluMed(ZooModel):
 
     # -- visual tokens -------------------------------------------------------------------------------------------
 
-    def _check_visuals(self, pixel_values: torch.Tensor, grid_sizes: torch.Tensor, merge_sizes: torch.Tensor,
+    def _check_visuals(self, grid_sizes: torch.Tensor | None, merge_sizes: torch.Tensor | None,
                        modals: Sequence[str] | None) -> list[str]:
+        """The modality of each visual item; None: 'image' at merge size 1, 'video' otherwise."""
         if grid_sizes is None or merge_sizes is None:
             raise InputError("pixel_values need grid_sizes (n, 3) and merge_sizes (n,), as the Hulu-Med processor "
                              "returns them")
@@ -132,7 +133,7 @@ class HuluMed(ZooModel):
                            modals: Sequence[str] | None = None) -> list[torch.Tensor]:
         """Per visual item, which of its merged tokens survive token reduction: (t * h/m * w/m,) bool (all True for
         images and single frames; empty for 'text' items, whose features the released code drops)."""
-        modals = self._check_visuals(pixel_values, grid_sizes, merge_sizes, modals)
+        modals = self._check_visuals(grid_sizes, merge_sizes, modals)
         masks = []
         items = pixel_values.split(grid_sizes.prod(dim=1).tolist())
         for patches, (t, h, w), m, modal in zip(items, grid_sizes.tolist(), merge_sizes.tolist(), modals):
@@ -206,7 +207,7 @@ class HuluMed(ZooModel):
     def visual_features(self, pixel_values: torch.Tensor, grid_sizes: torch.Tensor, merge_sizes: torch.Tensor,
                         modals: Sequence[str] | None = None) -> torch.Tensor:
         """Projected features (sum of merged tokens of the non-text items, text hidden) before token reduction."""
-        modals = self._check_visuals(pixel_values, grid_sizes, merge_sizes, modals)
+        modals = self._check_visuals(grid_sizes, merge_sizes, modals)
         dtype = self.vision_encoder.embeddings.patch_embedding.proj.weight.dtype
         features = self.mm_projector(self.vision_encoder(pixel_values.to(dtype), grid_sizes, merge_sizes))
         counts = (grid_sizes.prod(dim=1) // merge_sizes**2).tolist()
