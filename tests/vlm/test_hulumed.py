@@ -248,6 +248,8 @@ def test_image_token_count_must_match_the_visuals(pair):
         model(**inputs)
     with pytest.raises(InputError, match="no pixel_values"):
         model(_images()["input_ids"])
+    with pytest.raises(InputError, match=r"describe 36 patches but pixel_values is \(35, 48\)"):
+        model(**{**_images(), "pixel_values": _images()["pixel_values"][1:]})
     with pytest.raises(InputError, match="modals must name each"):
         model(**{**_images(), "modals": ["image", "volume"]})
 

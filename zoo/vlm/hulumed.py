@@ -134,8 +134,12 @@ class HuluMed(ZooModel):
         """Per visual item, which of its merged tokens survive token reduction: (t * h/m * w/m,) bool (all True for
         images and single frames; empty for 'text' items, whose features the released code drops)."""
         modals = self._check_visuals(grid_sizes, merge_sizes, modals)
+        patches_per_item = grid_sizes.prod(dim=1).tolist()
+        if pixel_values.ndim != 2 or sum(patches_per_item) != pixel_values.shape[0]:
+            raise InputError(f"grid_sizes {grid_sizes.tolist()} describe {sum(patches_per_item)} patches but "
+                             f"pixel_values is {tuple(pixel_values.shape)}; pass the processor's outputs together")
         masks = []
-        items = pixel_values.split(grid_sizes.prod(dim=1).tolist())
+        items = pixel_values.split(patches_per_item)
         for patches, (t, h, w), m, modal in zip(items, grid_sizes.tolist(), merge_sizes.tolist(), modals):
             tokens_per_frame = (h // m) * (w // m)
             if modal == "text":
