@@ -188,6 +188,23 @@ def test_a_batch_of_several_prunes_each_row(pair):
         assert int(prepared.attention_mask[row].sum()) == expected.shape[0]
 
 
+def test_batched_generation_equals_one_prompt_at_a_time(pair):
+    _, model, _ = pair
+    images, video = _images(), _video()
+    long, short = images["input_ids"][0], video["input_ids"][0]
+    pad = long.numel() - short.numel()
+    input_ids = torch.stack([long, torch.cat([torch.zeros(pad, dtype=torch.long), short])])
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :pad] = 0
+    together = model.generate(input_ids, attention_mask,
+                              pixel_values=torch.cat([images["pixel_values"], video["pixel_values"]]),
+                              grid_sizes=torch.cat([images["grid_sizes"], video["grid_sizes"]]),
+                              merge_sizes=torch.tensor([1, 1, 2]), modals=["image", "image", "video"],
+                              max_new_tokens=5)
+    alone = [model.generate(**images, max_new_tokens=5)[0], model.generate(**video, max_new_tokens=5)[0]]
+    assert together.tolist() == [tokens.tolist() for tokens in alone]
+
+
 def test_generate_follows_the_oracle_greedily(pair):
     oracle, model, _ = pair
     inputs = _video()
