@@ -80,6 +80,10 @@ def test_nifti_volume_gives_the_expected_slices_tokens_and_prompt(processor, tmp
         assert torch.equal(frame[0], torch.from_numpy(_expected_slice(read[..., index])))
         assert torch.equal(frame[0], frame[2])
     assert int(frames[1].max()) == 0  # the flat slice is black
+    coronal = volume_slices(read, num_slices=3, axis="coronal").frames
+    assert coronal.shape == (3, 3, 64, 10) and torch.equal(coronal[2, 0], torch.from_numpy(_expected_slice(read[:, 91])))
+    with pytest.raises(InputError, match="slice axis must be"):
+        volume_slices(read, axis="oblique")
 
     conversation = [{"role": "user", "content": [
         {"type": "3d", "3d": {"image_path": str(tmp_path / "ct.nii.gz"), "nii_num_slices": 4, "nii_axis": 2}},

@@ -170,13 +170,18 @@ def _read_dicom_series(paths: list[Path]) -> np.ndarray:
     return np.stack([pixels for _, pixels, _ in slices], axis=-1)
 
 
-def volume_slices(volume: np.ndarray, num_slices: int | None = None, axis: int = 2,
+SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def volume_slices(volume: np.ndarray, num_slices: int | None = None, axis: int | str = 2,
                   window: tuple[float, float] | None = None) -> Frames:
-    """Slices of a volume as RGB frames (T, 3, H, W) uint8, as the released `load_nii` makes them: `num_slices`
-    uniformly spaced (all if None or more), each clipped to `window` = (center, width) if given, min-max normalised
-    to 0..255 and truncated to uint8 (flat slices are black)."""
+    """Slices of a volume as RGB frames (T, 3, H, W) uint8, as the released processor's `load_nii` makes them:
+    `num_slices` uniformly spaced (all if None or more), along `axis` (0, 1, 2 or 'sagittal', 'coronal', 'axial'),
+    each clipped to `window` = (center, width) if given, min-max normalised to 0..255 and truncated to uint8 (flat
+    slices are black)."""
+    axis = SLICE_AXES.get(axis, axis) if isinstance(axis, str) else axis
     if axis not in (0, 1, 2):
-        raise InputError(f"slice axis must be 0, 1 or 2, got {axis}")
+        raise InputError(f"slice axis must be 0, 1, 2 or one of {', '.join(SLICE_AXES)}, got {axis!r}")
     count = volume.shape[axis]
     indices = np.arange(count)
     if num_slices is not None and num_slices < count:
