@@ -401,6 +401,14 @@ class VLMSFTTask(Task):
         self._prompt_ids: dict[tuple[str, int, int], torch.Tensor] = {}
         self._answer_ids: dict[tuple[str, str], torch.Tensor] = {}
 
+    def check_entry(self, entry: ModelEntry | None, family: str) -> None:
+        """Also hands a family with a recipe of its own (`VLM_SFT_RECIPES`) to that VLMSFTTask subclass."""
+        super().check_entry(entry, family)
+        recipe = VLM_SFT_RECIPES.get(family)
+        if recipe is not None and type(self) is VLMSFTTask:
+            module, _, name = recipe.partition(":")
+            self.__class__ = getattr(importlib.import_module(module), name)
+
     def data_defaults(self, entry: ModelEntry | None, config: Any) -> dict[str, Any]:
         return {"image_size": config.vision.image_size} if hasattr(config, "vision") else {}
 
@@ -625,6 +633,8 @@ class VLMSFTTask(Task):
 # (imported when used): the class takes (model, processor source or None) and provides stop_ids, encode, collate,
 # forward, item_outputs(outputs), targets(outputs), answer and save_pretrained.
 VLM_SFT_FAMILIES: dict[str, str] = {"llavamini": "zoo.vlm.llavamini_processing:LlavaMiniSFT"}
+# Vision-language families fine-tuned differently from SmolVLM: their VLMSFTTask subclass, imported when used.
+VLM_SFT_RECIPES = {"hulumed": "train.hulumed_sft:HuluMedSFTTask"}
 
 
 def _has_tokenizer(folder: Any) -> bool:

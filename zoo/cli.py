@@ -212,6 +212,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negative-prompt", help="what a diffusion model should avoid")
     parser.add_argument("--image", action="append", default=[], help="input image path (repeatable)")
     parser.add_argument("--video", help="input video path")
+    parser.add_argument("--volume", help="3D medical volume: a NIfTI file (.nii, .nii.gz) or a DICOM series folder")
+    parser.add_argument("--think", action="store_true", help="ask for step-by-step reasoning and show it")
     parser.add_argument("--out", help="output file (image or video) for generative models")
     parser.add_argument("--checkpoint", help="a local model folder to load instead of the published weights")
     parser.add_argument("--steps", type=positive_int, help="denoising steps (default: the model's published setting)")

@@ -2,7 +2,7 @@
 
     ImageFolder     root/<class name>/*.png|jpg|...         -> {"image", "label"} (classes sorted by name)
     JsonlDataset    one JSON object per line, image paths relative to the file:
-                        {"image", "question", "answer"}     -> VQA
+                        {"image", "question", "answer"}     -> VQA ("video" or "volume": a path, for Hulu-Med)
                         {"image", "caption"}                -> captions (text-to-image)
                         {"image", "label"}                  -> classification (int, or names mapped in sorted order)
                         {"degraded", "clean"}               -> restoration pairs
@@ -34,6 +34,8 @@ JSONL_KINDS = (
     ("classification", ("image", "label")),
     ("restoration", ("degraded", "clean")),
 )
+# What a VQA sample may ask about instead of an image: a video file or a 3D volume (NIfTI file, DICOM folder).
+VQA_MEDIA = ("image", "video", "volume")
 
 
 def read_image(path: str | Path, image_size: int | None = None) -> torch.Tensor:
@@ -130,6 +132,8 @@ class JsonlDataset(Dataset):
         if not self.records:
             raise InputError(f"{self.path} holds no samples.")
         first = set(self.records[0])
+        if {"question", "answer"} <= first and first & {"video", "volume"}:
+            first.add("image")  # VQA about a video or a 3D volume (Hulu-Med): the sample holds its path
         matches = [(kind, keys) for kind, keys in JSONL_KINDS if set(keys) <= first]
         if not matches:
             formats = "; ".join("{" + ", ".join(f'"{k}"' for k in keys) + "}" for _, keys in JSONL_KINDS)
@@ -139,7 +143,8 @@ class JsonlDataset(Dataset):
             )
         self.kind, self.keys = matches[0]
         for number, record in enumerate(self.records, 1):
-            missing = [key for key in self.keys if key not in record]
+            visual = self.kind == "vqa" and any(key in record for key in VQA_MEDIA)
+            missing = [key for key in self.keys if key not in record and not (key == "image" and visual)]
             if missing:
                 raise InputError(f"{self.path}: sample {number} has no {', '.join(missing)} (a {self.kind} file).")
         self.classes: tuple[str, ...] = ()
@@ -170,6 +175,10 @@ class JsonlDataset(Dataset):
             degraded = read_image(self._path(record["degraded"])).float() / 255
             clean = read_image(self._path(record["clean"])).float() / 255
             return {"degraded": degraded, "clean": clean}
+        if self.kind == "vqa" and "image" not in record:
+            media = next(key for key in VQA_MEDIA if key in record)
+            return {media: str(self._path(record[media])), "question": str(record["question"]),
+                    "answer": str(record["answer"])}
         sample = {"image": read_image(self._path(record["image"]), None if self.kind == "vqa" else self.image_size)}
         if self.kind == "vqa":
             sample.update(question=str(record["question"]), answer=str(record["answer"]))

@@ -63,21 +63,31 @@ def downsample_token_grid(
     return rearrange(grid, "b d h w -> b (h w) d"), new_size
 
 
-def frame_difference_mask(frames: Tensor, threshold: float = 0.1, min_tokens: int = 1) -> Tensor:
+def frame_difference_mask(
+    frames: Tensor, threshold: float = 0.1, min_tokens: int = 1, first_frame: str = "all"
+) -> Tensor:
     """Which tokens of a clip survive Hulu-Med's (VideoLLaMA3's) pruning of tokens that did not change.
 
     `frames` (T, N, P) holds, for each frame, the P normalised pixel values under each of its N tokens (for Hulu-Med,
     `pixel_values.view(t, (h // m) * (w // m), -1)`). A token is kept when the mean absolute change of its pixels
     since the previous frame exceeds `threshold`, in the units of `frames` as in the original code (transformers'
-    VideoLlama3 compares 255 times the change instead, so it keeps more). The first frame is kept whole, and a frame
-    keeping fewer than `min_tokens` tokens keeps its first `min_tokens`. Returns a boolean mask (T, N).
+    VideoLlama3 compares 255 times the change instead, so it keeps more). A frame keeping fewer than `min_tokens`
+    tokens keeps its first `min_tokens`. `first_frame="all"` keeps the first frame whole (the evident intent);
+    `first_frame="released"` does what Hulu-Med's released code does: it gives frame 0 the change `threshold + 1`
+    and divides it by 255 like the others, so for thresholds above 1/254 frame 0 keeps only its first `min_tokens`.
+    Returns a boolean mask (T, N).
     """
     if frames.dim() != 3:
         raise ValueError(f"frame_difference_mask expects frames of shape (T, N, P), got {tuple(frames.shape)}")
     frames = frames.float()
     change = (frames[1:] - frames[:-1]).abs().mean(dim=-1)
-    first = torch.ones(1, frames.shape[1], dtype=torch.bool, device=frames.device)
-    keep = torch.cat([first, change > threshold])
+    if first_frame not in ("all", "released"):
+        raise ValueError(f"frame_difference_mask first_frame must be 'all' or 'released', got {first_frame!r}")
+    if first_frame == "released":  # the released arithmetic, rounding included: (change * 255) / 255
+        change = change * 255 / 255
+    first = torch.full((1, frames.shape[1]), (threshold + 1) / 255 if first_frame == "released" else math.inf,
+                       device=frames.device)
+    keep = torch.cat([first, change]) > threshold
     keep[keep.sum(dim=-1) < min_tokens, :min_tokens] = True
     return keep
 
