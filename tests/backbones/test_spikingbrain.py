@@ -75,19 +75,16 @@ def _window_mask(length: int, attention_mask: torch.Tensor, window: int) -> torc
     return torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
 
 
-def gla_oracle(attn, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The GLA layer as a plain float64 recurrence, written from the paper's equations and the release's layout."""
-    x, heads, kv_heads = x.double(), attn.num_heads, attn.num_kv_heads
-    d = x.shape[-1] // heads
-    linear = lambda layer, t: F.linear(t, layer.weight.double(), None if layer.bias is None else layer.bias.double())
-    q = torch.relu(linear(attn.q_proj, x)).unflatten(-1, (heads, d))
-    k = torch.relu(linear(attn.k_proj, x)).unflatten(-1, (kv_heads, d))
-    v = (linear(attn.v_proj, x) * attention_mask[..., None].double()).unflatten(-1, (kv_heads, d))
-    gate = attn.gk_proj
-    logits = linear(gate, x) if isinstance(gate, torch.nn.Linear) else linear(gate[1], linear(gate[0], x))
-    g = (F.logsigmoid(logits) / 16).unflatten(-1, (kv_heads, d))
+def gla_recurrence(q, k, v, logits, attention_mask, heads: int, kv_heads: int, norm_weight, eps: float):
+    """The GLA mixing in float64 from projections (B, L, heads * d) and (B, L, kv_heads * d): ReLU features, v masked,
+    gate logsigmoid / 16, S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = q_t S_t / sqrt(d), per-head RMSNorm."""
+    batch, length = q.shape[:2]
+    d = q.shape[-1] // heads
+    q = torch.relu(q.double()).unflatten(-1, (heads, d))
+    k = torch.relu(k.double()).unflatten(-1, (kv_heads, d))
+    v = (v.double() * attention_mask[..., None].double()).unflatten(-1, (kv_heads, d))
+    g = (F.logsigmoid(logits.double()) / 16).unflatten(-1, (kv_heads, d))
     group = heads // kv_heads
-    batch, length = x.shape[:2]
     outputs = torch.zeros(batch, length, heads, d, dtype=torch.float64)
     for b in range(batch):
         for h in range(heads):
@@ -96,9 +93,18 @@ def gla_oracle(attn, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
                 kv = h // group
                 state = torch.exp(g[b, t, kv])[:, None] * state + torch.outer(k[b, t, kv], v[b, t, kv])
                 outputs[b, t, h] = (q[b, t, h] * d ** -0.5) @ state
-    weight, eps = attn.g_norm.weight.double(), attn.g_norm.eps
-    normed = outputs * torch.rsqrt(outputs.pow(2).mean(-1, keepdim=True) + eps) * weight
-    return linear(attn.o_proj, normed.flatten(-2)).float()
+    normed = outputs * torch.rsqrt(outputs.pow(2).mean(-1, keepdim=True) + eps) * norm_weight.double()
+    return normed.flatten(-2)
+
+
+def gla_oracle(attn, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The bf16 release's GLA layer: float64 projections (a low-rank gate) and `gla_recurrence`."""
+    x = x.double()
+    linear = lambda layer, t: F.linear(t, layer.weight.double(), None if layer.bias is None else layer.bias.double())
+    logits = linear(attn.gk_proj[1], linear(attn.gk_proj[0], x))
+    mixed = gla_recurrence(linear(attn.q_proj, x), linear(attn.k_proj, x), linear(attn.v_proj, x), logits,
+                           attention_mask, attn.num_heads, attn.num_kv_heads, attn.g_norm.weight, attn.g_norm.eps)
+    return linear(attn.o_proj, mixed).float()
 
 
 def oracle_logits(model: SpikingBrainForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
