@@ -1,0 +1,60 @@
+"""SpikingBrain's weights live on ModelScope: downloads go through the `modelscope` package (its snapshot_download,
+replaced here by one that serves a local folder, since modelscope.cn is unreachable), with clear errors when the
+package is missing or the download fails; a local folder always works."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import zoo
+from tests.backbones.test_spikingbrain import _official_folder, randomized
+from zoo.errors import HubError
+
+modelscope = pytest.importorskip("modelscope")
+
+TINY = {"vocab_size": 96, "hidden_size": 48, "intermediate_size": 80, "num_hidden_layers": 4, "num_attention_heads": 6,
+        "num_key_value_heads": 2, "attn_layers": (0, 3), "sliding_window": 5, "rope_theta": 10000.0,
+        "max_position_embeddings": 256}
+
+
+def test_pretrained_downloads_through_modelscope(tmp_path, monkeypatch):
+    model = randomized()
+    folder = tmp_path / "modelscope-cache" / "Panyuqi" / "V1-7B-sft-s3-reasoning"
+    _official_folder(model, folder)
+    calls = []
+
+    def snapshot_download(model_id, revision=None, allow_patterns=None, **kwargs):
+        calls.append((model_id, revision, allow_patterns))
+        return str(folder)
+
+    monkeypatch.setattr(modelscope, "snapshot_download", snapshot_download)
+    loaded = zoo.create("spikingbrain-7b.sft-reasoning", pretrained=True, dtype="float32", **TINY)
+    assert calls == [("Panyuqi/V1-7B-sft-s3-reasoning", None, ["*.json", "*.safetensors", "*.txt"])]
+    input_ids = torch.randint(1, 96, (1, 12))
+    assert torch.equal(loaded(input_ids), model(input_ids))
+    assert not loaded.training
+
+
+def test_a_missing_modelscope_package_names_the_repo_and_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "modelscope", None)  # `import modelscope` now raises ImportError
+    with pytest.raises(HubError, match=r"'Panyuqi/V1-7B-base' is hosted on ModelScope.*pip install mmzoo\[modelscope\]"):
+        zoo.create("spikingbrain-7b", pretrained=True, **TINY)
+    with pytest.raises(HubError, match=r"Abel2076/SpikingBrain-7B-W8ASpike.*checkpoint_path"):
+        zoo.create("spikingbrain-7b.w8aspike", pretrained=True)
+
+
+def test_a_failed_download_says_how_to_use_a_local_folder(monkeypatch, tmp_path):
+    def unreachable(model_id, **kwargs):
+        raise ConnectionError("modelscope.cn is unreachable")
+
+    monkeypatch.setattr(modelscope, "snapshot_download", unreachable)
+    with pytest.raises(HubError, match=r"Could not get 'Panyuqi/V1-7B-base' from ModelScope.*ConnectionError.*"
+                                       r"modelscope download --model Panyuqi/V1-7B-base"):
+        zoo.create("spikingbrain-7b", pretrained=True, **TINY)
+    # A local folder needs neither the package nor the network.
+    monkeypatch.setitem(sys.modules, "modelscope", None)
+    _official_folder(randomized(), tmp_path / "local")
+    assert zoo.from_pretrained(tmp_path / "local").config.swa_layers == (0, 3)
