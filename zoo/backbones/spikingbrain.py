@@ -45,7 +45,7 @@ from zoo.layers.rotary import RotaryEmbedding, apply_rotary
 from zoo.layers.spike import (
     WEIGHT_GROUP_SIZE, SpikeLinear, spike_fake_quantize, symmetric_int8_fake_quantize,
 )
-from zoo.registry import Converter, ModelEntry, PretrainedSource, register_family, register_model
+from zoo.registry import Converter, ModelEntry, PretrainedSource, register_family, register_model, rename_keys
 
 # The gate's low-rank width and logit normaliser: constants of the release, not config fields.
 GATE_LOW_RANK_DIM = 16
@@ -378,6 +378,59 @@ OFFICIAL = Converter(
     matches_config=lambda values: values.get("model_type") == "gla_swa",
     matches_keys=lambda keys: "model.embeddings.weight" in keys,
 )
+
+
+def convert_from_qwen2(
+    qwen: nn.Module,
+    attn_layers: tuple[int, ...] | None = None,
+    sliding_window: int = 4096,
+    seed: int = 0,
+) -> SpikingBrainForCausalLM:
+    """The paper's conversion: a SpikingBrain model from a Qwen2 decoder (zoo's Qwen2ForCausalLM, e.g. from
+    `zoo.from_pretrained` of a transformers Qwen2 folder), to be trained on (the `language` task of `zoo train`).
+
+    Embeddings, q/k/v/o, MLPs, norms and the LM head are transferred; in the GLA layers (those not in `attn_layers`,
+    default the odd ones) the gate projections are initialised new (Xavier-uniform with gain 2^-2.5 and a zero bias,
+    as the release initialises them) and `g_norm` to ones. Returns the model in training mode.
+    """
+    config = getattr(qwen, "config", None)
+    needed = {"qkv_bias": True, "qk_norm": False, "attention_bias": False, "mlp_bias": False, "rope_scaling": None}
+    if config is None or not hasattr(config, "qkv_bias") or any(getattr(config, k) != v for k, v in needed.items()):
+        raise ConfigError("convert_from_qwen2 takes a Qwen2 / Qwen2.5 decoder (q/k/v biases, no q/k norm, no rope "
+                          f"scaling), got {type(qwen).__name__}.")
+    if config.resolved_head_dim * config.num_attention_heads != config.hidden_size:
+        raise ConfigError(f"SpikingBrain needs head_dim = hidden_size / num_attention_heads; this Qwen2 has head_dim "
+                          f"{config.resolved_head_dim} for {config.hidden_size} / {config.num_attention_heads}.")
+    target = SpikingBrainConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        num_key_value_heads=config.num_key_value_heads, attn_layers=attn_layers, sliding_window=sliding_window,
+        norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta, max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=config.tie_word_embeddings,
+    )
+    rules = ((r"^model\.embed_tokens\.", "model.embeddings."), (r"\.self_attn\.", ".attn."),
+             (r"\.input_layernorm\.", ".attn_norm."), (r"\.post_attention_layernorm\.", ".mlp_norm."))
+    state_dict = rename_keys(qwen.state_dict(), rules)
+    model = SpikingBrainForCausalLM(target)
+    generator = torch.Generator().manual_seed(seed)
+    for index, layer in enumerate(model.model.layers):
+        if layer.is_swa:
+            continue
+        for name, tensor in layer.attn.named_parameters():
+            if name.startswith("gk_proj"):
+                fan_out, fan_in = tensor.shape if tensor.ndim == 2 else (1, 1)
+                bound = 2 ** -2.5 * (6 / (fan_in + fan_out)) ** 0.5
+                new = (torch.rand(tensor.shape, generator=generator) * 2 - 1) * bound if tensor.ndim == 2 else \
+                    torch.zeros(tensor.shape)
+            elif name.startswith("g_norm"):
+                new = torch.ones(tensor.shape)
+            else:
+                continue
+            state_dict[f"model.layers.{index}.attn.{name}"] = new.to(tensor.dtype)
+    if target.tie_word_embeddings:
+        state_dict.setdefault("lm_head.weight", state_dict["model.embeddings.weight"])
+    model.load_state_dict(state_dict)
+    return model.to(next(qwen.parameters()).dtype).train()
 
 
 # ---------------------------------------------------------------------------------------------------
