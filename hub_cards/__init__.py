@@ -15,6 +15,7 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "wavemix": {"tags": ["backbone"]},
     "wan": {"tags": ["video-generation"]},
     "zimage": {"tags": ["text-to-image"], "pipeline_tag": "text-to-image"},
+    "spikingbrain": {"tags": ["text-generation", "linear-attention"], "pipeline_tag": "text-generation"},
 }
 
 

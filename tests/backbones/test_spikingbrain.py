@@ -288,3 +288,13 @@ def test_cache_is_bounded_by_the_window():
     assert keys.shape[2] == 10 and cache.keys[0].shape[2] == 3
     keys, _ = cache.update(k[:, :, :1], k[:, :, :1], 0)
     assert keys.shape[2] == 4 and torch.equal(keys[:, :, :3], k[:, :, 7:])
+
+
+def test_save_pretrained_round_trips_with_its_card(tmp_path):
+    model = randomized()
+    model.save_pretrained(tmp_path / "saved")
+    card = (tmp_path / "saved" / "README.md").read_text()
+    assert "sliding-window attention" in card and "arXiv:2509.05276" in card
+    loaded = zoo.from_pretrained(tmp_path / "saved")
+    input_ids, attention_mask = _batch()
+    assert torch.equal(loaded(input_ids, attention_mask=attention_mask), model(input_ids, attention_mask=attention_mask))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import zoo
-from tests.backbones.test_spikingbrain import _official_folder, randomized
+from tests.backbones.test_spikingbrain import CONFIG, _official_folder, randomized
 from zoo.errors import HubError
 
 modelscope = pytest.importorskip("modelscope")
@@ -58,3 +58,27 @@ def test_a_failed_download_says_how_to_use_a_local_folder(monkeypatch, tmp_path)
     monkeypatch.setitem(sys.modules, "modelscope", None)
     _official_folder(randomized(), tmp_path / "local")
     assert zoo.from_pretrained(tmp_path / "local").config.swa_layers == (0, 3)
+
+
+def test_zoo_run_continues_a_prompt_with_the_folders_tokenizer(tmp_path, capsys):
+    from zoo.cli import main
+    from zoo.vlm.smolvlm_processing import build_byte_tokenizer
+
+    model = randomized(CONFIG.replace(vocab_size=320))
+    folder = tmp_path / "official"
+    _official_folder(model, folder)
+    tokenizer = build_byte_tokenizer()
+    tokenizer.save_pretrained(folder)
+    assert main(["run", "spikingbrain-7b", "--checkpoint", str(folder), "--prompt", "the red cat",
+                 "--max-new-tokens", "12", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    input_ids = torch.tensor([tokenizer.encode("the red cat")])
+    expected = model.generate(input_ids, max_new_tokens=12, eos_token_id=tokenizer.eos_token_id)[0, input_ids.shape[1]:]
+    expected = expected.tolist()
+    if tokenizer.eos_token_id in expected:
+        expected = expected[: expected.index(tokenizer.eos_token_id)]
+    assert printed == tokenizer.decode(expected, skip_special_tokens=True)
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer_config.json").unlink()
+    assert main(["run", "spikingbrain-7b", "--checkpoint", str(folder), "--prompt", "x", "--device", "cpu"]) != 0
+    assert "no tokenizer" in capsys.readouterr().err

@@ -26,6 +26,7 @@ raw weight on its raw input; in SWA the rotated queries are spike-coded per (tok
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -434,10 +435,61 @@ def convert_from_qwen2(
 
 
 # ---------------------------------------------------------------------------------------------------
+# zoo run
+
+
+def load_folder(name: str, folder: str | Path, dtype: Any = None, device: Any = None) -> SpikingBrainForCausalLM:
+    """A SpikingBrain checkpoint folder, official or zoo-saved, as the model `name` (`name.tag`) says: its config
+    from the folder's config.json plus the tag's overrides (W8ASpike's, whose config.json is the bf16 one's)."""
+    from zoo.factory import create, from_pretrained
+    from zoo.hub import folder_config
+    from zoo.registry import split_name
+
+    entry, tag = split_name(name)
+    values, _ = folder_config(Path(folder))
+    if "zoo_family" in values:
+        return from_pretrained(folder, family="spikingbrain", dtype=dtype or "auto", device=device)
+    overrides = entry.source(tag).config_overrides if entry.sources else {}
+    config = config_from_official(values, **overrides)
+    return create(name, checkpoint_path=folder, dtype=dtype, device=device, **config.to_dict())
+
+
+@torch.inference_mode()
+def run(name: str, args: Any) -> None:
+    """`zoo run spikingbrain-7b[.tag] --prompt TEXT [--checkpoint DIR]`: print the greedy continuation of the prompt,
+    with the tokenizer of the checkpoint folder (the published one, downloaded from ModelScope, without --checkpoint)."""
+    from transformers import AutoTokenizer
+
+    from zoo.errors import InputError
+    from zoo.factory import fetch_source
+    from zoo.registry import split_name
+
+    if not args.prompt:
+        raise InputError("zoo run needs --prompt TEXT for a language model")
+    entry, tag = split_name(name)
+    folder = Path(args.checkpoint) if args.checkpoint else fetch_source(entry.source(tag))
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        raise InputError(f"{folder} has no tokenizer (tokenizer.json / vocab.json): zoo run reads the tokenizer from "
+                         "the checkpoint folder; copy the release's tokenizer files there.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_folder(name, folder, dtype=args.dtype, device=device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    input_ids = torch.tensor([tokenizer.encode(args.prompt)], device=device)
+    if input_ids.shape[1] == 0:
+        raise InputError("--prompt encodes to no tokens")
+    output = model.generate(input_ids, max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id or 0)
+    new = output[0, input_ids.shape[1]:].tolist()
+    if tokenizer.eos_token_id in new:
+        new = new[: new.index(tokenizer.eos_token_id)]
+    print(tokenizer.decode(new, skip_special_tokens=True))
+
+
+# ---------------------------------------------------------------------------------------------------
 # Registry
 
 
-register_family("spikingbrain", SpikingBrainForCausalLM, [OFFICIAL])
+register_family("spikingbrain", SpikingBrainForCausalLM, [OFFICIAL], runner="zoo.backbones.spikingbrain:run")
 
 _7B = SpikingBrainConfig(attn_layers=tuple(range(1, 28, 2)))
 _MODELSCOPE_NOTE = ("Hosted on ModelScope, not the Hugging Face Hub: zoo downloads it with the `modelscope` package "
