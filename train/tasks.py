@@ -990,6 +990,7 @@ def _image_size_default(entry: ModelEntry | None, config: Any) -> dict[str, Any]
 
 __all__ = [
     "ByteTokenizer", "ClassificationTask", "DENOISERS", "Denoiser", "DiffusionTask", "DistillationLoss",
-    "HashedTextEncoder", "LOSS_TERMS", "LanguageModelingTask", "LossTerm", "PixelLatents", "RestorationTask", "TASKS", "Task", "TaskOutput", "VLMSFTTask",
+    "HashedTextEncoder", "LOSS_TERMS", "LanguageModelingTask", "LossTerm", "PixelLatents", "RestorationTask",
+    "TASKS", "Task", "TaskOutput", "VLMSFTTask",
     "get_task", "register_denoiser", "register_loss_term", "shift_sigma",
 ]

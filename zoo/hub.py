@@ -192,7 +192,9 @@ def download(
     return Path(path)
 
 
-def download_modelscope(model_id: str, *, revision: str | None = None, allow_patterns: Sequence[str] | None = None) -> Path:
+def download_modelscope(
+    model_id: str, *, revision: str | None = None, allow_patterns: Sequence[str] | None = None
+) -> Path:
     """A local folder holding `allow_patterns` of a ModelScope model repo, from its cache or modelscope.cn, through
     the `modelscope` package (an optional extra). Honours MODELSCOPE_CACHE."""
     try:

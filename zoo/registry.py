@@ -358,7 +358,8 @@ def model_info(name: str) -> dict[str, Any]:
     with torch.device("meta"):
         model = family.model_cls(entry.config)
     sources = [
-        {"tag": s.tag, "hub_id": s.hub_id, "revision": s.revision, "format": s.format, "license": s.license,
+        {"tag": s.tag, "hub_id": s.hub_id, "host": s.host, "revision": s.revision, "format": s.format,
+         "license": s.license,
          "files": list(s.files), "metrics": dict(s.metrics), "preprocess": dict(s.preprocess)}
         for s in entry.sources if tag is None or s.tag == tag
     ]

@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> None:
                                         output_dir=str(args.runs / "qwen2"), **quiet))
     converted = convert_from_qwen2(teacher.model.float().cpu(), attn_layers=(1, 3), sliding_window=32).eval()
     converted.save_pretrained(args.runs / "converted")
-    continued = fit(TrainConfig.from_yaml(CONFIGS / "spikingbrain-tiny-continue.yaml", model=str(args.runs / "converted"),
-                                          output_dir=str(args.runs / "continued"), **quiet))
+    continued = fit(TrainConfig.from_yaml(CONFIGS / "spikingbrain-tiny-continue.yaml",
+                                          model=str(args.runs / "converted"), output_dir=str(args.runs / "continued"),
+                                          **quiet))
     steps = continued.config.max_steps
     scratch = fit(TrainConfig.from_yaml(CONFIGS / "spikingbrain-tiny-continue.yaml", model="spikingbrain-tiny",
                                         model_options={"hidden_size": 128, "intermediate_size": 256, "vocab_size": 320,

@@ -35,7 +35,9 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 VOCAB = 1024
 
 
-def build_models(layers: int = 2, window: int = 4096, ffn: int = 18944) -> tuple[SpikingBrainForCausalLM, torch.nn.Module]:
+def build_models(
+    layers: int = 2, window: int = 4096, ffn: int = 18944
+) -> tuple[SpikingBrainForCausalLM, torch.nn.Module]:
     """transformers' Qwen2ForCausalLM at the 7B width (FFN width `ffn`) and a SpikingBrain model sharing its tensors."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -45,8 +47,8 @@ def build_models(layers: int = 2, window: int = 4096, ffn: int = 18944) -> tuple
         num_attention_heads=28, num_key_value_heads=4, rms_norm_eps=1e-6, max_position_embeddings=131072,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6}, attn_implementation="sdpa",
     )).eval()
-    config = SpikingBrainConfig(vocab_size=VOCAB, intermediate_size=ffn, num_hidden_layers=layers, attn_layers=tuple(range(1, layers, 2)),
-                                sliding_window=window)
+    config = SpikingBrainConfig(vocab_size=VOCAB, intermediate_size=ffn, num_hidden_layers=layers,
+                                attn_layers=tuple(range(1, layers, 2)), sliding_window=window)
     with torch.device("meta"):
         model = SpikingBrainForCausalLM(config)
     shared = {}
@@ -78,7 +80,8 @@ def _prefill(name: str, model, input_ids: torch.Tensor, chunk: int):
 
     cache = DynamicCache(config=model.config)
     for start in range(0, input_ids.shape[1], chunk):
-        logits = model(input_ids[:, start:start + chunk], past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = model(input_ids[:, start:start + chunk], past_key_values=cache, use_cache=True,
+                       logits_to_keep=1).logits
     return cache, logits
 
 
@@ -134,7 +137,8 @@ def run(contexts: list[int], chunk: int, decode_steps: int, prefill_repeats: int
         summary = {}
         for name, row in rows.items():
             summary[name] = {
-                "prefill_s": statistics.median(row["prefill_wall"]), "prefill_cpu_s": statistics.median(row["prefill_cpu"]),
+                "prefill_s": statistics.median(row["prefill_wall"]),
+                "prefill_cpu_s": statistics.median(row["prefill_cpu"]),
                 "prefill_delta_mib": max(row["prefill_delta_mib"]),
                 "decode_ms": statistics.median(row["decode_wall"]) * 1e3,
                 "decode_cpu_ms": statistics.median(row["decode_cpu"]) * 1e3,
@@ -146,7 +150,8 @@ def run(contexts: list[int], chunk: int, decode_steps: int, prefill_repeats: int
                             "decode": hf_row["decode_ms"] / zoo_row["decode_ms"],
                             "decode_cpu": hf_row["decode_cpu_ms"] / zoo_row["decode_cpu_ms"]}
         results["contexts"][str(context)] = summary
-        print(f"{context:6d} tokens: prefill zoo {zoo_row['prefill_s']:8.2f} s  transformers {hf_row['prefill_s']:8.2f} s "
+        print(f"{context:6d} tokens: prefill zoo {zoo_row['prefill_s']:8.2f} s  transformers "
+              f"{hf_row['prefill_s']:8.2f} s "
               f"({summary['ratio']['prefill']:.2f}x, CPU {summary['ratio']['prefill_cpu']:.2f}x) | peak +MiB zoo "
               f"{zoo_row['prefill_delta_mib']:7.0f} transformers {hf_row['prefill_delta_mib']:7.0f} | decode zoo "
               f"{zoo_row['decode_ms']:7.1f} ms transformers {hf_row['decode_ms']:7.1f} ms "

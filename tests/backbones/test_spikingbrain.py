@@ -107,7 +107,8 @@ def gla_oracle(attn, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return linear(attn.o_proj, mixed).float()
 
 
-def oracle_logits(model: SpikingBrainForCausalLM, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def oracle_logits(model: SpikingBrainForCausalLM, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor) -> torch.Tensor:
     """Logits from transformers' Qwen2 attention, MLP and RMSNorm and the float64 GLA recurrence, positions counted
     over the real tokens (left padding)."""
     config = model.config
@@ -183,9 +184,10 @@ def test_chunked_prefill_through_the_cache_equals_one_pass():
 
 
 @torch.no_grad()
-def test_greedy_generation_past_the_window_equals_full_recompute():
+@pytest.mark.parametrize("length", [9, 3])  # a prompt longer, and one shorter, than the window
+def test_greedy_generation_past_the_window_equals_full_recompute(length):
     model = randomized()
-    input_ids, attention_mask = _batch(length=9, padding=3)
+    input_ids, attention_mask = _batch(length=length, padding=length // 3)
     new = 3 * WINDOW
     generated = model.generate(input_ids, attention_mask, max_new_tokens=new)
     sequence, mask = input_ids, attention_mask
@@ -195,7 +197,7 @@ def test_greedy_generation_past_the_window_equals_full_recompute():
         sequence = torch.cat([sequence, logits.argmax(-1, keepdim=True)], 1)
         mask = torch.cat([mask, mask.new_ones(2, 1)], 1)
     assert torch.equal(generated, sequence)
-    assert len(set(generated[0, 9:].tolist())) > 2  # not a degenerate repetition
+    assert len(set(generated[0, length:].tolist())) > 2  # not a degenerate repetition
     assert torch.equal(model.generate(input_ids, attention_mask, max_new_tokens=new, cache="static"), generated)
 
 
@@ -235,14 +237,15 @@ def test_loads_the_official_layout_from_a_folder(tmp_path):
     model = randomized()
     keys = set(model.state_dict())
     assert {"model.embeddings.weight", "model.layers.1.attn_norm.weight", "model.layers.1.attn.gk_proj.0.weight",
-            "model.layers.1.attn.gk_proj.1.bias", "model.layers.1.attn.g_norm.weight", "model.layers.0.attn.q_proj.bias",
-            "model.layers.0.mlp_norm.weight", "model.layers.0.mlp.down_proj.weight", "model.norm.weight",
-            "lm_head.weight"} <= keys
+            "model.layers.1.attn.gk_proj.1.bias", "model.layers.1.attn.g_norm.weight",
+            "model.layers.0.attn.q_proj.bias", "model.layers.0.mlp_norm.weight", "model.layers.0.mlp.down_proj.weight",
+            "model.norm.weight", "lm_head.weight"} <= keys
     _official_folder(model, tmp_path / "official")
     loaded = zoo.from_pretrained(tmp_path / "official", dtype="float32")
     assert loaded.config.swa_layers == (0, 3)  # read from the file, not the class default
     input_ids, attention_mask = _batch()
-    assert torch.equal(loaded(input_ids, attention_mask=attention_mask), model(input_ids, attention_mask=attention_mask))
+    expected = model(input_ids, attention_mask=attention_mask)
+    assert torch.equal(loaded(input_ids, attention_mask=attention_mask), expected)
     with pytest.raises(ConfigError, match="use_short_conv"):
         _official_folder(model, tmp_path / "conv", use_short_conv=True)
         zoo.from_pretrained(tmp_path / "conv")
@@ -288,6 +291,10 @@ def test_cache_is_bounded_by_the_window():
     assert keys.shape[2] == 10 and cache.keys[0].shape[2] == 3
     keys, _ = cache.update(k[:, :, :1], k[:, :, :1], 0)
     assert keys.shape[2] == 4 and torch.equal(keys[:, :, :3], k[:, :, 7:])
+    for length in range(1, 8):  # fewer keys than the window keeps: all of them stay
+        cache = SpikingBrainCache(window=6)
+        cache.update(k[:, :, :length], k[:, :, :length], 0)
+        assert torch.equal(cache.keys[0], k[:, :, max(length - 5, 0):length])
 
 
 def test_save_pretrained_round_trips_with_its_card(tmp_path):
@@ -297,4 +304,5 @@ def test_save_pretrained_round_trips_with_its_card(tmp_path):
     assert "sliding-window attention" in card and "arXiv:2509.05276" in card
     loaded = zoo.from_pretrained(tmp_path / "saved")
     input_ids, attention_mask = _batch()
-    assert torch.equal(loaded(input_ids, attention_mask=attention_mask), model(input_ids, attention_mask=attention_mask))
+    expected = model(input_ids, attention_mask=attention_mask)
+    assert torch.equal(loaded(input_ids, attention_mask=attention_mask), expected)

@@ -40,7 +40,8 @@ def test_pretrained_downloads_through_modelscope(tmp_path, monkeypatch):
 
 def test_a_missing_modelscope_package_names_the_repo_and_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "modelscope", None)  # `import modelscope` now raises ImportError
-    with pytest.raises(HubError, match=r"'Panyuqi/V1-7B-base' is hosted on ModelScope.*pip install mmzoo\[modelscope\]"):
+    expected = r"'Panyuqi/V1-7B-base' is hosted on ModelScope.*pip install mmzoo\[modelscope\]"
+    with pytest.raises(HubError, match=expected):
         zoo.create("spikingbrain-7b", pretrained=True, **TINY)
     with pytest.raises(HubError, match=r"Abel2076/SpikingBrain-7B-W8ASpike.*checkpoint_path"):
         zoo.create("spikingbrain-7b.w8aspike", pretrained=True)

@@ -48,7 +48,8 @@ def quantised(config: SpikingBrainConfig = CONFIG, seed: int = 0) -> SpikingBrai
 
 
 def ref_spikes(x: torch.Tensor) -> torch.Tensor:
-    """Adaptive-threshold spike coding per last-dim row: V_th = clamp(mean|x| / 3, 1e-5, 1e4), x -> round(x/V_th) V_th."""
+    """Adaptive-threshold spike coding per last-dim row: V_th = clamp(mean|x| / 3, 1e-5, 1e4),
+    x -> round(x / V_th) V_th."""
     vth = torch.clamp(torch.mean(torch.abs(x), dim=-1, keepdim=True) / 3.0, min=1e-5, max=1e4)
     return torch.round(x / vth) * vth
 
@@ -99,7 +100,8 @@ def ref_swa(sd: dict, prefix: str, x: torch.Tensor, attention_mask: torch.Tensor
 
 
 def ref_gla(sd: dict, prefix: str, x: torch.Tensor, attention_mask: torch.Tensor, config) -> torch.Tensor:
-    """Spike-coded inputs through fake-quantised q/k/v/gate weights, the float64 GLA recurrence, a spike-coded o_proj."""
+    """Spike-coded inputs through fake-quantised q/k/v/gate weights, the float64 GLA recurrence, a spike-coded
+    o_proj."""
     q, k, v, logits = (ref_linear(sd, f"{prefix}.{name}", x) for name in ("q_proj", "k_proj", "v_proj", "gk_proj"))
     mixed = gla_recurrence(q, k, v, logits, attention_mask, config.num_attention_heads, config.num_key_value_heads,
                            sd[prefix + ".g_norm.weight"], config.norm_eps).float()
@@ -171,7 +173,8 @@ def test_w8aspike_checkpoint_layout_and_loading(tmp_path):
     for name in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "attn.gk_proj", "mlp.gate_proj",
                  "mlp.up_proj", "mlp.down_proj"):
         weight = state[f"model.layers.0.{name}.weight"]
-        assert state[f"model.layers.0.{name}.weight_quantizer.scales"].shape == (weight.shape[0], weight.shape[1] // 128, 1)
+        scales = state[f"model.layers.0.{name}.weight_quantizer.scales"]
+        assert scales.shape == (weight.shape[0], weight.shape[1] // 128, 1)
     assert not model.model.layers[0].mlp.down_proj.spike_input
     assert not model.model.layers[0].mlp.down_proj.quantize_weight
     folder = tmp_path / "w8aspike"

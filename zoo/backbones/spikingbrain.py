@@ -149,8 +149,8 @@ class SpikingBrainCache:
         """The layer's cached keys and values followed by k, v (B, kv_heads, L, d); keeps the last window - 1."""
         if layer_idx in self.keys:
             k, v = torch.cat([self.keys[layer_idx], k], dim=2), torch.cat([self.values[layer_idx], v], dim=2)
-        keep = self.window - 1
-        self.keys[layer_idx], self.values[layer_idx] = k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:]
+        start = max(k.shape[2] - (self.window - 1), 0)
+        self.keys[layer_idx], self.values[layer_idx] = k[:, :, start:], v[:, :, start:]
         return k, v
 
     def memory_bytes(self) -> int:
@@ -298,7 +298,8 @@ class SpikingBrainModel(nn.Module):
         """input_ids (B, L) or inputs_embeds (B, L, hidden_size); attention_mask (B, past + L) of 1 and 0 (left
         padding), covering the positions seen before too; position_ids (B, L), default past + arange(L)."""
         if cache is not None and not isinstance(cache, SpikingBrainCache):
-            raise ConfigError(f"SpikingBrain takes a SpikingBrainCache (model.make_cache()), got {type(cache).__name__}")
+            raise ConfigError(f"SpikingBrain takes a SpikingBrainCache (model.make_cache()), got "
+                              f"{type(cache).__name__}")
         x, position_ids, mask = decoder_inputs(self.embeddings, input_ids, inputs_embeds, attention_mask,
                                                position_ids, cache)
         length = x.shape[1]
@@ -406,7 +407,8 @@ def convert_from_qwen2(
         vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
         num_key_value_heads=config.num_key_value_heads, attn_layers=attn_layers, sliding_window=sliding_window,
-        norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta, max_position_embeddings=config.max_position_embeddings,
+        norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta,
+        max_position_embeddings=config.max_position_embeddings,
         tie_word_embeddings=config.tie_word_embeddings,
     )
     rules = ((r"^model\.embed_tokens\.", "model.embeddings."), (r"\.self_attn\.", ".attn."),
@@ -457,7 +459,7 @@ def load_folder(name: str, folder: str | Path, dtype: Any = None, device: Any = 
 @torch.inference_mode()
 def run(name: str, args: Any) -> None:
     """`zoo run spikingbrain-7b[.tag] --prompt TEXT [--checkpoint DIR]`: print the greedy continuation of the prompt,
-    with the tokenizer of the checkpoint folder (the published one, downloaded from ModelScope, without --checkpoint)."""
+    with the tokenizer of the checkpoint folder (without --checkpoint: the published one, from ModelScope)."""
     from transformers import AutoTokenizer
 
     from zoo.errors import InputError

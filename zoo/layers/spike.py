@@ -163,7 +163,8 @@ def spike_stats(model: nn.Module, inputs: dict[str, Tensor] | Tensor, small: int
     zero_share: share of channel values with no spike (count 0); spikes_per_channel: mean |count| (spikes per
     channel per token in ternary coding); small_share: share of |count| <= `small` (7: three bits);
     bitwise_sparsity: share of zero steps in the sign-and-magnitude bitwise trains, each layer input coded with
-    the bits of its largest count (as `encode_spikes` does); max_count; layers: the number of layers counted; values: channel values counted.
+    the bits of its largest count (as `encode_spikes` does); max_count; layers: the number of layer calls counted;
+    values: the channel values counted.
     """
     totals = {"zero": 0, "abs": 0.0, "small": 0, "bits_set": 0.0, "bit_slots": 0, "values": 0, "max": 0, "layers": 0}
 
