@@ -7,7 +7,9 @@ cut to 1024 tokens (the LM head is not what differs); `--ffn` narrows the MLP of
 CPU time goes to the attention layers, which are what differs (the 7B FFN costs both models the same time per
 token, linear in the context). Each context is prefilled in chunks of `--chunk` tokens through
 each model's own cache (zoo's SpikingBrainCache, transformers' DynamicCache) so that the MLP's activations fit in
-memory; then `--decode-steps` tokens are decoded one at a time. The two models run alternately in one process
+memory; then `--decode-steps` tokens are decoded one at a time. `--decode-only` contexts measure decoding alone, from
+caches filled with random values as a prefill of that length would leave them (their values do not change the time
+or memory of a step), so long contexts cost no prefill. The two models run alternately in one process
 (order reversed every other round); times are medians (wall and process CPU), memory is the process's peak
 resident set above the one before the call (`eval.timing.peak_memory`: the call's working memory, weights
 excluded) and the bytes each cache holds. The machine is shared: read the ratios, not the absolute times.
@@ -85,6 +87,42 @@ def _prefill(name: str, model, input_ids: torch.Tensor, chunk: int):
     return cache, logits
 
 
+def _filled_cache(name: str, model, context: int):
+    """The cache a prefill of `context` tokens leaves, filled with random keys, values and states: what they hold does
+    not change the time or the memory of a decoding step, and no prefill has to run."""
+    config = model.config
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = config.hidden_size // heads
+    if name == "zoo":
+        cache = model.make_cache()
+        for index, layer in enumerate(model.model.layers):
+            if layer.is_swa:
+                keys = torch.randn(1, kv_heads, min(context, config.sliding_window - 1), head_dim)
+                cache.keys[index], cache.values[index] = keys, torch.randn_like(keys)
+            else:
+                cache.states[index] = torch.randn(1, heads, head_dim, head_dim) * 0.01
+        cache.seen = context
+        return cache
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    for index in range(config.num_hidden_layers):
+        keys = torch.randn(1, kv_heads, context, head_dim)
+        cache.update(keys, torch.randn_like(keys), index)
+    return cache
+
+
+def _decode_row(name: str, model, cache, steps: int) -> dict:
+    """Median wall and CPU time of `steps` decoding steps after a warm-up one, the working memory of one step and the
+    bytes the cache holds."""
+    token = torch.randint(0, VOCAB, (1, 1))
+    _decode(name, model, cache, token)
+    memory = peak_memory(lambda: _decode(name, model, cache, token))
+    timed = [_timed(lambda: _decode(name, model, cache, token)) for _ in range(steps)]
+    return {"decode_wall": [t[1] for t in timed], "decode_cpu": [t[2] for t in timed],
+            "decode_delta_mib": memory["delta_mib"], "cache_mib": _cache_bytes(cache) / 2**20}
+
+
 def _decode(name: str, model, cache, token: torch.Tensor):
     if name == "zoo":
         return model(token, cache=cache, logits_to_keep=1)
@@ -99,8 +137,9 @@ def _timed(fn):
 
 @torch.inference_mode()
 def run(contexts: list[int], chunk: int, decode_steps: int, prefill_repeats: int, ffn: int,
-        save: Callable[[dict], None] = lambda results: None) -> dict:
-    """Measure every context in turn; `save(results)` is called after each (a long run keeps what it measured)."""
+        decode_only: list[int] = (), save: Callable[[dict], None] = lambda results: None) -> dict:
+    """Measure every context in turn, then decoding alone at the `decode_only` contexts (from filled caches);
+    `save(results)` is called after each (a long run keeps what it measured)."""
     models = dict(zip(("zoo", "transformers"), build_models(ffn=ffn)))
     results = {"contexts": {}, "setup": {
         "hidden_size": 3584, "heads": 28, "kv_heads": 4, "ffn": ffn, "layers": 2, "window": 4096, "vocab": VOCAB,
@@ -125,14 +164,7 @@ def run(contexts: list[int], chunk: int, decode_steps: int, prefill_repeats: int
                 rows[name]["prefill_delta_mib"].append(memory["delta_mib"])
                 caches[name] = box["out"][0]
         for name in order:
-            token = torch.randint(0, VOCAB, (1, 1))
-            _decode(name, models[name], caches[name], token)  # warm-up step
-            box = {}
-            memory = peak_memory(lambda: box.update(out=_decode(name, models[name], caches[name], token)))
-            steps = [_timed(lambda: _decode(name, models[name], caches[name], token)) for _ in range(decode_steps)]
-            rows[name].update(
-                decode_wall=[s[1] for s in steps], decode_cpu=[s[2] for s in steps],
-                decode_delta_mib=memory["delta_mib"], cache_mib=_cache_bytes(caches[name]) / 2**20)
+            rows[name].update(_decode_row(name, models[name], caches[name], decode_steps))
         caches.clear()
         summary = {}
         for name, row in rows.items():
@@ -159,6 +191,22 @@ def run(contexts: list[int], chunk: int, decode_steps: int, prefill_repeats: int
               f"{hf_row['cache_mib']:.1f} | decode +MiB zoo {zoo_row['decode_delta_mib']:.0f} transformers "
               f"{hf_row['decode_delta_mib']:.0f}", flush=True)
         save(results)
+    results["decode_only"] = {}
+    for context in decode_only:
+        row = {name: _decode_row(name, model, _filled_cache(name, model, context), decode_steps)
+               for name, model in models.items()}
+        for value in row.values():
+            value["decode_ms"] = statistics.median(value["decode_wall"]) * 1e3
+            value["decode_cpu_ms"] = statistics.median(value["decode_cpu"]) * 1e3
+        row["ratio"] = {"decode": row["transformers"]["decode_ms"] / row["zoo"]["decode_ms"],
+                        "decode_cpu": row["transformers"]["decode_cpu_ms"] / row["zoo"]["decode_cpu_ms"]}
+        results["decode_only"][str(context)] = row
+        print(f"{context:6d} tokens (decode only, filled cache): decode zoo {row['zoo']['decode_ms']:7.1f} ms "
+              f"transformers {row['transformers']['decode_ms']:7.1f} ms ({row['ratio']['decode']:.2f}x, CPU "
+              f"{row['ratio']['decode_cpu']:.2f}x) | cache MiB zoo {row['zoo']['cache_mib']:.1f} transformers "
+              f"{row['transformers']['cache_mib']:.1f} | decode +MiB zoo {row['zoo']['decode_delta_mib']:.0f} "
+              f"transformers {row['transformers']['decode_delta_mib']:.0f}", flush=True)
+        save(results)
     results["setup"]["load_average_end"] = os.getloadavg()
     return results
 
@@ -174,15 +222,22 @@ def plot(results: dict, path: Path) -> None:
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     panels = (("prefill_s", "prefill time (s)"), ("decode_ms", "decode time per token (ms)"),
               ("cache_mib", "cache held while decoding (MiB)"))
+    decode_only = {int(c): row for c, row in results.get("decode_only", {}).items()}
     for axis, (key, label) in zip(axes, panels):
         for name, style in (("zoo", "o-"), ("transformers", "s--")):
             shown = "SpikingBrain (zoo, GLA + SWA)" if name == "zoo" else "Qwen2 (transformers, full attention)"
             axis.plot(contexts, [row[name][key] for row in rows], style, label=shown)
+            if key != "prefill_s" and decode_only:
+                axis.plot(list(decode_only), [row[name][key] for row in decode_only.values()], style[0],
+                          fillstyle="none", color=axis.lines[-1].get_color(),
+                          label=f"{shown.split(' (')[0]}, filled cache (no prefill)")
         axis.set_xscale("log", base=2)
         axis.set_xlabel("context (tokens)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     axes[0].legend()
+    if decode_only:
+        axes[1].legend(fontsize=7)
     setup = results["setup"]
     figure.suptitle(f"hidden 3584, 28/4 heads, FFN {setup['ffn']}, 2 layers, fp32, CPU, {setup['threads']} threads "
                     f"(shared machine)")
@@ -196,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=1024)
     parser.add_argument("--decode-steps", type=int, default=5)
     parser.add_argument("--prefill-repeats", type=int, default=1)
+    parser.add_argument("--decode-only", type=int, nargs="*", default=[],
+                        help="contexts at which only decoding is measured, from caches filled with random values")
     parser.add_argument("--ffn", type=int, default=18944,
                         help="MLP width (the same in both models; a narrow one leaves the attention layers' costs)")
     parser.add_argument("--out", type=Path, default=RESULTS / "spikingbrain-long-context-cpu-float32.json")
@@ -207,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.write_text(json.dumps(results, indent=1))
         plot(results, args.out.with_suffix(".png"))
 
-    save(run(args.contexts, args.chunk, args.decode_steps, args.prefill_repeats, args.ffn, save))
+    save(run(args.contexts, args.chunk, args.decode_steps, args.prefill_repeats, args.ffn, args.decode_only, save))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
