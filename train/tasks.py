@@ -21,6 +21,7 @@ one with `register_loss_term` to make it available from YAML configs (`extra_los
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -699,7 +700,7 @@ class LanguageModelingTask(Task):
         model.eval()
         metrics = super().evaluate(model, dataset, batch_size, device)
         model.train(was_training)
-        return {**metrics, "perplexity": float(torch.tensor(metrics["loss"]).exp())}
+        return {**metrics, "perplexity": math.exp(min(metrics["loss"], 700.0))}
 
     def save_extras(self, folder: Any) -> None:
         if self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
