@@ -191,6 +191,8 @@ def test_w8aspike_checkpoint_layout_and_loading(tmp_path):
     assert torch.equal(loaded(input_ids), model(input_ids))
     with pytest.raises(CheckpointError, match=r"W8ASpike.*spikingbrain-7b\.w8aspike"):
         zoo.from_pretrained(folder)  # its config.json is the bf16 one's
+    loaded.save_pretrained(tmp_path / "saved")  # zoo's own format records w8aspike
+    assert torch.equal(zoo.from_pretrained(tmp_path / "saved")(input_ids), model(input_ids))
     with pytest.raises(ConfigError, match="groups of 128"):
         zoo.create("spikingbrain-7b.w8aspike", checkpoint_path=folder, **{**overrides, "hidden_size": 192})
 
