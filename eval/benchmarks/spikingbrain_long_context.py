@@ -256,7 +256,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ffn", type=int, default=18944,
                         help="MLP width (the same in both models; a narrow one leaves the attention layers' costs)")
     parser.add_argument("--out", type=Path, default=RESULTS / "spikingbrain-long-context-cpu-float32.json")
+    parser.add_argument("--merge", type=Path, nargs="+",
+                        help="measure nothing: write --out and its plot from these runs' results (later runs win)")
     args = parser.parse_args(argv)
+    if args.merge:
+        runs = [json.loads(path.read_text()) for path in args.merge]
+        merged = {"setup": {**runs[0]["setup"], "runs": {str(p): r["setup"] for p, r in zip(args.merge, runs)}},
+                  "contexts": {}, "decode_only": {}}
+        for run_results in runs:
+            merged["contexts"].update(run_results["contexts"])
+            merged["decode_only"].update(run_results.get("decode_only", {}))
+        merged["contexts"] = dict(sorted(merged["contexts"].items(), key=lambda item: int(item[0])))
+        args.out.write_text(json.dumps(merged, indent=1))
+        plot(merged, args.out.with_suffix(".png"))
+        print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+        return
     print(header())
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
