@@ -151,7 +151,11 @@ def fetch_source(source: PretrainedSource) -> Path:
     sources): its `files`, or else its configs and weights (safetensors first, pickles only when there are none)."""
     if source.host == "modelscope":
         patterns = list(source.files) or ["*.json", "*.safetensors", "*.txt"]
-        return hub.download_modelscope(source.hub_id, revision=source.revision, allow_patterns=patterns)
+        folder = hub.download_modelscope(source.hub_id, revision=source.revision, allow_patterns=patterns)
+        if not source.files and not any(folder.glob("*.safetensors")):
+            folder = hub.download_modelscope(source.hub_id, revision=source.revision,
+                                             allow_patterns=["*.json", "*.txt", *_PICKLE_PATTERNS])
+        return folder
     if not source.files:
         return _download_weights(source.hub_id, source.revision, source.subfolder)
     prefix = f"{source.subfolder}/" if source.subfolder else ""

@@ -38,6 +38,25 @@ def test_pretrained_downloads_through_modelscope(tmp_path, monkeypatch):
     assert not loaded.training
 
 
+def test_a_release_without_safetensors_is_read_from_its_pickles_safely(tmp_path, monkeypatch):
+    model = randomized()
+    folder = tmp_path / "pickled"
+    _official_folder(model, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    calls = []
+
+    def snapshot_download(model_id, revision=None, allow_patterns=None, **kwargs):
+        calls.append(allow_patterns)
+        return str(folder)
+
+    monkeypatch.setattr(modelscope, "snapshot_download", snapshot_download)
+    loaded = zoo.create("spikingbrain-7b", pretrained=True, dtype="float32", **TINY)
+    assert calls == [["*.json", "*.safetensors", "*.txt"], ["*.json", "*.txt", "*.bin", "*.pth", "*.pt", "*.ckpt"]]
+    input_ids = torch.randint(1, 96, (1, 12))
+    assert torch.equal(loaded(input_ids), model(input_ids))
+
+
 def test_a_missing_modelscope_package_names_the_repo_and_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "modelscope", None)  # `import modelscope` now raises ImportError
     expected = r"'Panyuqi/V1-7B-base' is hosted on ModelScope.*pip install mmzoo\[modelscope\]"
