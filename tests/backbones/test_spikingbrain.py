@@ -291,6 +291,9 @@ def test_cache_is_bounded_by_the_window():
     assert keys.shape[2] == 10 and cache.keys[0].shape[2] == 3
     keys, _ = cache.update(k[:, :, :1], k[:, :, :1], 0)
     assert keys.shape[2] == 4 and torch.equal(keys[:, :, :3], k[:, :, 7:])
+    long = torch.randn(1, 2, 1000, 8)
+    cache.update(long, long, 1)  # a long prompt: only the window's keys stay in memory, not a view of all 1000
+    assert cache.keys[1].untyped_storage().nbytes() == 2 * 3 * 8 * 4
     for length in range(1, 8):  # fewer keys than the window keeps: all of them stay
         cache = SpikingBrainCache(window=6)
         cache.update(k[:, :, :length], k[:, :, :length], 0)

@@ -150,7 +150,10 @@ class SpikingBrainCache:
         if layer_idx in self.keys:
             k, v = torch.cat([self.keys[layer_idx], k], dim=2), torch.cat([self.values[layer_idx], v], dim=2)
         start = max(k.shape[2] - (self.window - 1), 0)
-        self.keys[layer_idx], self.values[layer_idx] = k[:, :, start:], v[:, :, start:]
+        keys, values = k[:, :, start:], v[:, :, start:]
+        if k.shape[2] > self.window:  # after a prompt chunk: a view would keep the dropped keys' memory alive
+            keys, values = keys.clone(), values.clone()
+        self.keys[layer_idx], self.values[layer_idx] = keys, values
         return k, v
 
     def memory_bytes(self) -> int:
