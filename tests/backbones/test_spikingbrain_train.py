@@ -75,3 +75,8 @@ def test_language_training_lowers_the_loss(tmp_path):
     assert result.metrics["perplexity"] == pytest.approx(torch.tensor(result.metrics["loss"]).exp().item())
     reloaded = zoo.from_pretrained(result.model_dir)
     assert isinstance(reloaded, SpikingBrainForCausalLM)
+    from eval.evaluate import EvalOptions, run_eval
+
+    scored = run_eval(EvalOptions(str(result.model_dir), num_samples=16))  # the language task by default
+    assert scored["task"] == "language"
+    assert scored["metrics"]["loss"] == pytest.approx(result.metrics["loss"], rel=1e-4)
