@@ -34,7 +34,8 @@ from zoo.errors import ConfigError, InputError
 
 from . import metrics
 
-DEFAULT_TASKS = {"backbone": "classification", "restoration": "restoration", "vlm": "vlm-sft", "diffusion": "diffusion"}
+DEFAULT_TASKS = {"backbone": "classification", "restoration": "restoration", "vlm": "vlm-sft", "diffusion": "diffusion",
+                 "language": "language"}
 
 
 @dataclasses.dataclass

@@ -17,6 +17,7 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "zimage": {"tags": ["text-to-image"], "pipeline_tag": "text-to-image"},
     "llavamini": {"tags": ["image-text-to-text", "video-text-to-text"], "pipeline_tag": "image-text-to-text"},
     "hulumed": {"tags": ["medical", "image-text-to-text"], "pipeline_tag": "image-text-to-text"},
+    "spikingbrain": {"tags": ["text-generation", "linear-attention"], "pipeline_tag": "text-generation"},
 }
 
 

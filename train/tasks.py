@@ -6,6 +6,7 @@
                      tokens and the padding are masked); exact-match accuracy of greedy answers
     diffusion        denoisers: flow matching with a timestep shift (the DiTs), or epsilon / v-prediction on a
                      DDPM schedule (U-Nets); eval loss at fixed noise
+    language         language models: next-token loss on text (every token); eval loss and perplexity
 
 A task turns dataset samples into model inputs in two stages: `encode(sample)` per sample (in the data loader,
 cacheable) and `collate(encoded samples)` per batch. `loss(model, batch)` returns the mean loss over the batch's
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -642,6 +644,119 @@ def _has_tokenizer(folder: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
+# language
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids 0-255, then end-of-text (256) and padding (257): needs no files and fits any
+    vocabulary of at least 258 (the `*-tiny` language models)."""
+
+    eos_token_id = 256
+    pad_token_id = 257
+
+    def __len__(self) -> int:
+        return 258
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+class LanguageModelingTask(Task):
+    """Causal language modelling (continued pre-training): the next-token cross-entropy on every token of each text
+    (plus an end-of-text token), padded on the right, so no attention mask is needed.
+
+    Options: `tokenizer` (a folder or Hub repo with a transformers tokenizer; default: the model folder's own, or for a
+    model without one the byte tokenizer), `max_length` (tokens per sample, longer texts are cut).
+    """
+
+    name = "language"
+    data_kind = "text"
+    default_data = "procedural-text"
+    model_tasks = ("language",)
+    eval_metric = "perplexity"
+
+    def __init__(self, extra_losses: Sequence[LossTerm | dict] = (), tokenizer: Any = None, max_length: int = 256):
+        super().__init__(extra_losses)
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ConfigError(f"Task 'language': max_length must be an integer >= 2, got {max_length!r}")
+        self.tokenizer = tokenizer if not isinstance(tokenizer, str) else None
+        self.tokenizer_source = tokenizer if isinstance(tokenizer, str) else None
+        self.max_length = max_length
+
+    def setup(self, model: nn.Module, dataset: Any, source: ModelSource) -> None:
+        if self.tokenizer is None:
+            origin = self.tokenizer_source
+            if origin is None and source.folder is not None and _has_tokenizer(source.folder):
+                origin = str(source.folder)
+            if origin is not None:
+                from transformers import AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(origin)
+            else:
+                self.tokenizer = ByteTokenizer()
+        vocab = getattr(model.config, "vocab_size", None)
+        if vocab is None or len(self.tokenizer) > vocab:
+            raise ConfigError(f"The tokenizer has {len(self.tokenizer)} tokens but '{source.name}' has a vocabulary of "
+                              f"{vocab}; build the model with vocab_size={len(self.tokenizer)} or more.")
+
+    def _eos(self) -> int | None:
+        return getattr(self.tokenizer, "eos_token_id", None)
+
+    def encode(self, sample: dict[str, Any]) -> dict[str, Any]:
+        if self.tokenizer is None:
+            raise ConfigError("call setup(model, ...) before encoding samples")
+        if "text" not in sample:
+            raise InputError(f"a language sample needs 'text'; it has {sorted(sample)}")
+        ids = list(self.tokenizer.encode(str(sample["text"])))
+        if self._eos() is not None:
+            ids.append(self._eos())
+        return {"input_ids": torch.tensor(ids[: self.max_length], dtype=torch.long)}
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        pad = pad if pad is not None else (self._eos() or 0)
+        length = max(len(sample["input_ids"]) for sample in samples)
+        input_ids = torch.full((len(samples), length), pad, dtype=torch.long)
+        labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
+        for row, sample in enumerate(samples):
+            n = len(sample["input_ids"])
+            input_ids[row, :n] = labels[row, :n] = sample["input_ids"]
+        return {"input_ids": input_ids, "labels": labels, "sample_ids": _sample_ids(samples)}
+
+    def num_items(self, batch: dict[str, Any]) -> int:
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        return model(batch["input_ids"])
+
+    def item_outputs(self, outputs: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The logits that predict a token (N, vocab), N = predicted tokens in the batch."""
+        return outputs[:, :-1][batch["labels"][:, 1:] != IGNORE_INDEX]
+
+    def criterion(self, outputs: torch.Tensor, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.item_outputs(outputs, batch).float()
+        targets = batch["labels"][:, 1:][batch["labels"][:, 1:] != IGNORE_INDEX]
+        loss = F.cross_entropy(logits, targets)
+        return loss, {"token_accuracy": float((logits.argmax(-1) == targets).float().mean())}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, dataset: Any, batch_size: int = 32, device: Any = None) -> dict[str, float]:
+        """The mean loss over every predicted token, its perplexity and the token accuracy."""
+        was_training = model.training
+        model.eval()
+        metrics = super().evaluate(model, dataset, batch_size, device)
+        model.train(was_training)
+        return {**metrics, "perplexity": math.exp(min(metrics["loss"], 700.0))}
+
+    def save_extras(self, folder: Any) -> None:
+        if self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------------------
 # diffusion
 
 
@@ -885,7 +1000,7 @@ class DiffusionTask(Task):
 
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (ClassificationTask, RestorationTask, VLMSFTTask, DiffusionTask)
+    task.name: task for task in (ClassificationTask, RestorationTask, VLMSFTTask, DiffusionTask, LanguageModelingTask)
 }
 
 
@@ -924,7 +1039,8 @@ def _image_size_default(entry: ModelEntry | None, config: Any) -> dict[str, Any]
 
 
 __all__ = [
-    "ClassificationTask", "DENOISERS", "Denoiser", "DiffusionTask", "DistillationLoss", "HashedTextEncoder",
-    "LOSS_TERMS", "LossTerm", "PixelLatents", "RestorationTask", "TASKS", "Task", "TaskOutput", "VLMSFTTask",
+    "ByteTokenizer", "ClassificationTask", "DENOISERS", "Denoiser", "DiffusionTask", "DistillationLoss",
+    "HashedTextEncoder", "LOSS_TERMS", "LanguageModelingTask", "LossTerm", "PixelLatents", "RestorationTask",
+    "TASKS", "Task", "TaskOutput", "VLMSFTTask",
     "get_task", "register_denoiser", "register_loss_term", "shift_sigma",
 ]

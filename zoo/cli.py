@@ -147,7 +147,9 @@ def _info(args: argparse.Namespace) -> None:
     for source in info["sources"]:
         metrics = ", ".join(f"{k} {v}" for k, v in source["metrics"].items())
         name = f"{info['name']}.{source['tag']}" if source["tag"] else info["name"]
-        print(f"{'weights':>13}: {name} <- {source['hub_id']} ({source['format']}){' | ' + metrics if metrics else ''}")
+        host = "" if source["host"] == "huggingface" else f", on {source['host']}"
+        print(f"{'weights':>13}: {name} <- {source['hub_id']} ({source['format']}{host})"
+              f"{' | ' + metrics if metrics else ''}")
         if source["preprocess"]:
             print(f"{'':>13}  preprocessing: " + ", ".join(f"{k} {v}" for k, v in source["preprocess"].items()))
 

@@ -35,7 +35,8 @@ def create(
     """
     entry, tag = split_name(name)
     family = get_family(entry.family)
-    config = entry.config.replace(**overrides)
+    source_overrides = entry.source(tag).config_overrides if tag is not None or pretrained else {}
+    config = entry.config.replace(**{**source_overrides, **overrides})
     target_dtype = _resolve_dtype(dtype)
     if pretrained and checkpoint_path is not None:
         raise ConfigError("Pass either pretrained=True (download the published weights) or checkpoint_path, not both.")
@@ -146,8 +147,15 @@ def _download_weights(repo_id: str, revision: str | None, subfolder: str = "") -
 
 
 def fetch_source(source: PretrainedSource) -> Path:
-    """The local folder holding a registered published source's files, from the cache or the Hub: its `files`, or
-    else its configs and weights (safetensors first, pickles only when there are none)."""
+    """The local folder holding a registered published source's files, from the cache or the Hub (ModelScope for its
+    sources): its `files`, or else its configs and weights (safetensors first, pickles only when there are none)."""
+    if source.host == "modelscope":
+        patterns = list(source.files) or ["*.json", "*.safetensors", "*.txt"]
+        folder = hub.download_modelscope(source.hub_id, revision=source.revision, allow_patterns=patterns)
+        if not source.files and not any(folder.glob("*.safetensors")):
+            folder = hub.download_modelscope(source.hub_id, revision=source.revision,
+                                             allow_patterns=["*.json", "*.txt", *_PICKLE_PATTERNS])
+        return folder
     if not source.files:
         return _download_weights(source.hub_id, source.revision, source.subfolder)
     prefix = f"{source.subfolder}/" if source.subfolder else ""

@@ -192,6 +192,33 @@ def download(
     return Path(path)
 
 
+def download_modelscope(
+    model_id: str, *, revision: str | None = None, allow_patterns: Sequence[str] | None = None
+) -> Path:
+    """A local folder holding `allow_patterns` of a ModelScope model repo, from its cache or modelscope.cn, through
+    the `modelscope` package (an optional extra). Honours MODELSCOPE_CACHE."""
+    try:
+        from modelscope import snapshot_download
+    except ImportError as error:
+        raise HubError(
+            f"'{model_id}' is hosted on ModelScope, which zoo reaches through the `modelscope` package: "
+            f"`pip install mmzoo[modelscope]`, or download the repo on a connected machine "
+            f"(`modelscope download --model {model_id} --local_dir DIR`) and pass the folder "
+            f"(zoo.create(name, checkpoint_path=DIR) or zoo.from_pretrained(DIR))."
+        ) from error
+    check_repo_id(model_id)
+    try:
+        path = snapshot_download(model_id, revision=None if revision in (None, "main") else revision,
+                                 allow_patterns=list(allow_patterns) if allow_patterns else None)
+    except Exception as error:  # modelscope raises requests' and its own errors alike
+        raise HubError(
+            f"Could not get '{model_id}' from ModelScope ({type(error).__name__}: {error}). Download it on a "
+            f"connected machine (`modelscope download --model {model_id} --local_dir DIR`) and pass the folder "
+            f"(zoo.create(name, checkpoint_path=DIR) or zoo.from_pretrained(DIR))."
+        ) from error
+    return Path(path)
+
+
 def _unreachable_message(where: str, hub_id: str, error: BaseException) -> str:
     from huggingface_hub import constants
 

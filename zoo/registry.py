@@ -35,7 +35,9 @@ class PretrainedSource:
     loader takes the repo's standard weight files. `format` names a converter of the family.
     `preprocess` is the evaluation preprocessing the published metrics were measured with, as timm's
     pretrained_cfg spells it (input_size, interpolation, crop_pct, mean, std). `datasets` names the data the
-    weights were trained on (Hub dataset ids where there are any), for the model card.
+    weights were trained on (Hub dataset ids where there are any), for the model card. `host` is where `hub_id`
+    lives: "huggingface" or "modelscope" (downloaded with the `modelscope` package). `config_overrides` are the
+    config fields these weights need beyond the entry's (e.g. a quantised variant's switch).
     """
 
     hub_id: str
@@ -49,6 +51,8 @@ class PretrainedSource:
     preprocess: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     datasets: tuple[str, ...] = ()
     notes: str = ""
+    host: str = "huggingface"
+    config_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,7 +358,8 @@ def model_info(name: str) -> dict[str, Any]:
     with torch.device("meta"):
         model = family.model_cls(entry.config)
     sources = [
-        {"tag": s.tag, "hub_id": s.hub_id, "revision": s.revision, "format": s.format, "license": s.license,
+        {"tag": s.tag, "hub_id": s.hub_id, "host": s.host, "revision": s.revision, "format": s.format,
+         "license": s.license,
          "files": list(s.files), "metrics": dict(s.metrics), "preprocess": dict(s.preprocess)}
         for s in entry.sources if tag is None or s.tag == tag
     ]

@@ -6,9 +6,10 @@
     vqa              {"image": uint8 (3, H, W), "question": str, "answer": str}
     captions         {"image": uint8 (3, H, W), "caption": str}
     restoration      {"degraded": float (3, h, w), "clean": float (3, H, W)}, in [0, 1]
+    text             {"text": str}
 
-from an embedded dataset name (`EMBEDDED`), an image folder, a `.jsonl` file, or `hf:NAME[:SPLIT]` /
-a `datasets.save_to_disk` folder (Hugging Face `datasets`, when installed).
+from an embedded dataset name (`EMBEDDED`), an image folder, a `.jsonl` file (or a `.txt` file for text), or
+`hf:NAME[:SPLIT]` / a `datasets.save_to_disk` folder (Hugging Face `datasets`, when installed).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from zoo.errors import ConfigError, InputError, closest
 
 from .formats import HFDataset, ImageFolder, JsonlDataset
 from .shapes import ShapesCaptions, ShapesClassification, ShapesRestoration, ShapesVQA
+from .text import ProceduralText, TextFile
 
-KINDS = ("classification", "vqa", "captions", "restoration")
+KINDS = ("classification", "vqa", "captions", "restoration", "text")
 
 # name -> (class, kind, fixed options, what it is)
 EMBEDDED: dict[str, tuple[type, str, dict[str, Any], str]] = {
@@ -32,6 +34,7 @@ EMBEDDED: dict[str, tuple[type, str, dict[str, Any], str]] = {
     "shapes-captions": (ShapesCaptions, "captions", {}, "1-2 shapes with a caption, for text-to-image"),
     "shapes-restoration": (ShapesRestoration, "restoration", {}, "blurred and noisy / clean pairs"),
     "shapes-sr": (ShapesRestoration, "restoration", {"scale": 2}, "blurred, 2x downsampled, noisy / clean pairs"),
+    "procedural-text": (ProceduralText, "text", {}, "short paragraphs of sums, counting and object facts"),
 }
 EVAL_SPLITS = ("eval", "val", "validation", "test")
 
@@ -101,6 +104,10 @@ def load_dataset(
         if split == "eval":
             return ImageFolder(eval_dir, image_size) if train_dir is not None and eval_dir is not None else None
         return ImageFolder(train_dir if train_dir is not None and eval_dir is not None else path, image_size)
+    if path.suffix.lower() in (".txt", ".jsonl") and kind == "text":
+        if split == "eval":
+            return TextFile(Path(eval_data).expanduser()) if eval_data is not None else None
+        return TextFile(path)
     if path.suffix.lower() not in (".jsonl", ".json"):
         raise InputError(
             f"{path} is a {path.suffix or 'suffix-less'} file; zoo reads datasets from a .jsonl file, an image "
@@ -147,6 +154,6 @@ def _hf_dataset(source: str, kind: str, split: str, image_size: int | None, colu
 
 
 __all__ = [
-    "EMBEDDED", "KINDS", "HFDataset", "ImageFolder", "JsonlDataset", "ShapesCaptions", "ShapesClassification",
-    "ShapesRestoration", "ShapesVQA", "load_dataset",
+    "EMBEDDED", "KINDS", "HFDataset", "ImageFolder", "JsonlDataset", "ProceduralText", "ShapesCaptions",
+    "ShapesClassification", "ShapesRestoration", "ShapesVQA", "TextFile", "load_dataset",
 ]
