@@ -193,7 +193,7 @@ def time_side(config, inputs: dict, rows: dict, args: argparse.Namespace) -> dic
                           "measured_on_slices": args.vision_slices}
     print(f"\nvision encoder, 64 slices of {h * 14}x{w * 14} (timed on {args.vision_slices}, x{scale:g}): "
           f"{timing['vision_s']['wall']:.1f} s wall, {timing['vision_s']['cpu']:.1f} s CPU")
-    del encoder
+    encoder = None  # freed before the decoder is built
 
     decoder = LlamaModel(config.text).eval()
     decoder(inputs_embeds=torch.randn(1, 16, config.text.hidden_size))  # warm the kernels once
