@@ -83,8 +83,8 @@ def from_pretrained(
     if not is_local and (repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~"))):
         raise CheckpointError(f"'{repo_id}' is neither an existing folder nor a Hub repo id ('owner/name').")
     folder = local if is_local else hub.download(repo_id, revision=revision, allow_patterns=_CONFIG_FILES)
-    if is_local and (release := _detect_release(folder, family)) is not None:
-        return _load_release(folder, *release, target_dtype, device)
+    if is_local and (release := _read_release(folder, family)) is not None:
+        return _load_release(*release, target_dtype, device)
     published_config, _ = hub.folder_config(folder, _CONFIG_FILES)
     model_family, converter = _detect_format(published_config, family, origin=repo_id)
 
@@ -107,26 +107,25 @@ def from_pretrained(
     return model.eval().to(device=device, dtype=target_dtype)
 
 
-def _detect_release(folder: Path, family: str | None) -> tuple[Family, Converter, dict] | None:
-    """The family, converter and config values of a release folder with no config file (see
-    `Converter.folder_config`), or None."""
+def _read_release(folder: Path, family: str | None) -> tuple[Family, Converter, dict, dict] | None:
+    """The family, converter, config values and state dict of a release folder with no config file (see
+    `Converter.read_folder`), or None."""
     if any((folder / name).is_file() for name in _CONFIG_FILES):
         return None
     candidates = [get_family(family)] if family is not None else families()
     for fam in candidates:
         for converter in fam.converters.values():
-            if converter.folder_config is not None and (values := converter.folder_config(folder)) is not None:
-                return fam, converter, values
+            if converter.read_folder is not None and (found := converter.read_folder(folder)) is not None:
+                return fam, converter, *found
     return None
 
 
 def _load_release(
-    folder: Path, family: Family, converter: Converter, values: dict, dtype: torch.dtype | None, device: Any
+    family: Family, converter: Converter, values: dict, state_dict: dict, dtype: torch.dtype | None, device: Any
 ) -> ZooModel:
     config = converter.convert_config(values)
     with torch.device("meta"):
         model = family.model_cls(config)
-    state_dict = (converter.read_weights or hub.load_state_dict)(folder, ())
     hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter, dtype=dtype)
     return model.eval().to(device=device, dtype=dtype)
 

@@ -431,8 +431,7 @@ def guidance_embedding(guidance_scale: torch.Tensor | float, dim: int = 256, bat
 # Converters
 
 RELEASE_PREFIX = "model.diffusion_model."
-# The release's files, and whether their U-Net keeps the middle block.
-RELEASE_FILES = {"07B_merged_all.pt": False, "09B_merged_all.pt": True}
+RELEASE_FILES = ("07B_merged_all.pt", "09B_merged_all.pt")
 
 
 def _release_to_zoo(state_dict: dict[str, torch.Tensor], config: HummingbirdConfig) -> dict[str, torch.Tensor]:
@@ -443,8 +442,36 @@ def _release_to_zoo(state_dict: dict[str, torch.Tensor], config: HummingbirdConf
 
 
 def _release_config(values: dict[str, Any]) -> HummingbirdConfig:
-    """The config `read_release_folder` gives a release folder (its file says which U-Net it holds)."""
-    return HummingbirdConfig(has_middle_block=values["has_middle_block"])
+    return HummingbirdConfig(**values)
+
+
+def release_config_values(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The U-Net config of a release state dict, read from its keys and shapes. Heads and GroupNorm groups are not
+    stored: like the release, `init_attn` has 8 heads (so num_head_channels is its width / 8) and norms 32 groups."""
+    sd = _release_to_zoo(state_dict, None)
+    if "input_blocks.0.0.weight" not in sd or "init_attn.0.proj_in.weight" not in sd:
+        raise CheckpointError("The checkpoint holds no lvdm U-Net with init_attn (model.diffusion_model.*).")
+    mc, in_channels = sd["input_blocks.0.0.weight"].shape[:2]
+    downsamplers = sorted(int(m[1]) for k in sd if (m := re.fullmatch(r"input_blocks\.(\d+)\.0\.op\.weight", k)))
+    res_blocks = [k for k in sd if re.fullmatch(r"input_blocks\.\d+\.0\.in_layers\.2\.weight", k)]
+    levels = len(downsamplers) + 1
+    nrb = len(res_blocks) // levels
+    first = [1 + level * (nrb + 1) for level in range(levels)]
+    context = [v for k, v in sd.items() if k.endswith(".1.transformer_blocks.0.attn2.to_k.weight")]
+    return {
+        "in_channels": in_channels,
+        "out_channels": sd["out.2.weight"].shape[0],
+        "model_channels": mc,
+        "channel_mult": tuple(sd[f"input_blocks.{i}.0.in_layers.2.weight"].shape[0] // mc for i in first),
+        "num_res_blocks": nrb,
+        "has_middle_block": "middle_block.0.in_layers.0.weight" in sd,
+        "attention_resolutions": tuple(2**level for level, i in enumerate(first)
+                                       if f"input_blocks.{i}.1.proj_in.weight" in sd),
+        "num_head_channels": sd["init_attn.0.proj_in.weight"].shape[0] // 8,
+        "context_dim": context[0].shape[1] if context else HummingbirdConfig.context_dim,
+        "time_cond_proj_dim": sd["time_cond_proj.weight"].shape[1] if "time_cond_proj.weight" in sd else None,
+        "fps_cond": "fps_embedding.0.weight" in sd,
+    }
 
 
 def release_file(folder: Path) -> Path | None:
@@ -469,9 +496,11 @@ def _read_release_folder(folder: Path, patterns: Sequence[str] = ()) -> dict[str
     return read_release(path)
 
 
-def _release_folder_config(folder: Path) -> dict[str, Any] | None:
-    path = release_file(folder)
-    return None if path is None else {"has_middle_block": RELEASE_FILES[path.name]}
+def _read_release_config_and_weights(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    if release_file(folder) is None:
+        return None
+    state_dict = _read_release_folder(folder)
+    return release_config_values(state_dict), state_dict
 
 
 _RESNET_KEYS = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
@@ -569,7 +598,7 @@ RELEASE = Converter(
     convert_state_dict=_release_to_zoo,
     convert_config=_release_config,
     matches_keys=_has_release_keys,
-    folder_config=_release_folder_config,
+    read_folder=_read_release_config_and_weights,
     read_weights=_read_release_folder,
 )
 DIFFUSERS = Converter(
