@@ -85,8 +85,8 @@ def _latent_diffusion(monkeypatch, unet: nn.Module) -> nn.Module:
         setattr(ddpm, name, type(name, (nn.Module,), {"__module__": "lvdm.models.ddpm3d"}))
     vae_module = _fake_module(monkeypatch, "lvdm.models.autoencoder")
     vae_module.AutoencoderKL = type("AutoencoderKL", (nn.Module,), {"__module__": "lvdm.models.autoencoder"})
-    clip_module = _fake_module(monkeypatch, "open_clip.model")
-    clip_module.CLIP = type("CLIP", (nn.Module,), {"__module__": "open_clip.model"})
+    clip_module = _fake_module(monkeypatch, "open_clip.zoo_test_model")
+    clip_module.CLIP = type("CLIP", (nn.Module,), {"__module__": "open_clip.zoo_test_model"})
 
     wrapper = ddpm.DiffusionWrapper()
     wrapper.diffusion_model = unet
@@ -105,22 +105,22 @@ def _latent_diffusion(monkeypatch, unet: nn.Module) -> nn.Module:
 
 
 @pytest.fixture
-def release_folder(tmp_path, monkeypatch):
+def release_folder(tmp_path):
     """A folder holding 07B_merged_all.pt, a whole pickled stand-in LatentDiffusion saved from 'cuda:0', and the
     U-Net (as zoo's class) and full state dict it holds."""
     torch.manual_seed(0)
     unet = HummingbirdUNet(TINY).eval()
     reference = HummingbirdUNet(TINY).eval()
     reference.load_state_dict(unet.state_dict())
-    _as_release_classes(monkeypatch, unet)
-    model = _latent_diffusion(monkeypatch, unet)
-    expected = {k: v.clone() for k, v in model.state_dict().items()}
     folder = tmp_path / "release"
     folder.mkdir()
     path = folder / "07B_merged_all.pt"
-    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
-    torch.save(model, path)
-    monkeypatch.undo()  # the fake lvdm modules go: the reader must not need them
+    with pytest.MonkeyPatch.context() as monkeypatch:  # the fake lvdm modules go after: the reader must not need them
+        _as_release_classes(monkeypatch, unet)
+        model = _latent_diffusion(monkeypatch, unet)
+        expected = {k: v.clone() for k, v in model.state_dict().items()}
+        monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(model, path)
     with zipfile.ZipFile(path) as archive:
         data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
     assert b"cuda:0" in data and b"native_forward" in data and b"lvdm.basics" in data
@@ -173,6 +173,22 @@ def test_from_pretrained_and_convert_the_release_folder(release_folder, tmp_path
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.pt"))
     with torch.no_grad():
         assert torch.equal(zoo.from_pretrained(out)(**inputs), expected)
+
+
+def test_registered_source_loads_from_the_cache_offline(release_folder, hf_cache, offline):
+    """`zoo.create("hummingbird-t2v-0.7b", pretrained=True)` reads the cached release file with the restricted
+    unpickler (tiny sizes given as overrides); `zoo info` shows the release's GPL-3.0 license."""
+    from tests.hub_server import populate_cache
+
+    folder, reference, _ = release_folder
+    populate_cache(hf_cache, "amd/AMD-Hummingbird-T2V", folder)
+    overrides = {name: getattr(TINY, name) for name in ("model_channels", "channel_mult", "attention_resolutions",
+                                                        "num_head_channels", "context_dim", "time_cond_proj_dim")}
+    model = zoo.create("hummingbird-t2v-0.7b", pretrained=True, **overrides)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert zoo.model_info("hummingbird-t2v-0.7b")["license"] == "gpl-3.0"
+    assert zoo.model_info("hummingbird-t2v-0.9b")["sources"][0]["files"] == ["09B_merged_all.pt"]
 
 
 def test_a_folder_with_both_release_files_is_an_error(release_folder):

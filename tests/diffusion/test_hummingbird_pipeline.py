@@ -102,7 +102,7 @@ def _module_tree(cls: type, state_dict: dict[str, torch.Tensor]) -> nn.Module:
 
 
 @pytest.fixture
-def tiny_release(tmp_path, monkeypatch):
+def tiny_release(tmp_path):
     """A folder with a tiny 07B_merged_all.pt, and the components it was made from (U-Net, text tower, VAE)."""
     torch.manual_seed(0)
     unet = HummingbirdUNet(UNET).eval()
@@ -117,23 +117,24 @@ def tiny_release(tmp_path, monkeypatch):
                 if param.ndim == 1:
                     param.add_(0.1 * torch.randn_like(param))
 
-    _as_release_classes(monkeypatch, unet)
-    ddpm = _fake_module(monkeypatch, "lvdm.models.ddpm3d")
-    encoders = _fake_module(monkeypatch, "lvdm.modules.encoders.condition")
-    ae = _fake_module(monkeypatch, "lvdm.models.autoencoder")
-    for module, name in ((ddpm, "LatentDiffusion"), (ddpm, "DiffusionWrapper"), (encoders, "FrozenOpenCLIPEmbedder"),
-                         (ae, "AutoencoderKL")):
-        setattr(module, name, type(name, (nn.Module,), {"__module__": module.__name__}))
-    model = ddpm.LatentDiffusion()
-    model.model = ddpm.DiffusionWrapper()
-    model.model.diffusion_model = unet
-    model.cond_stage_model = encoders.FrozenOpenCLIPEmbedder()
-    model.cond_stage_model.model = text
-    model.first_stage_model = _module_tree(ae.AutoencoderKL, _diffusers_vae_to_ldm(vae.state_dict(), 4))
     folder = tmp_path / "release"
     folder.mkdir()
-    torch.save(model, folder / "07B_merged_all.pt")
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as monkeypatch:  # the fake lvdm modules go after saving
+        _as_release_classes(monkeypatch, unet)
+        ddpm = _fake_module(monkeypatch, "lvdm.models.ddpm3d")
+        encoders = _fake_module(monkeypatch, "lvdm.modules.encoders.condition")
+        ae = _fake_module(monkeypatch, "lvdm.models.autoencoder")
+        classes = ((ddpm, "LatentDiffusion"), (ddpm, "DiffusionWrapper"), (encoders, "FrozenOpenCLIPEmbedder"),
+                   (ae, "AutoencoderKL"))
+        for module, name in classes:
+            setattr(module, name, type(name, (nn.Module,), {"__module__": module.__name__}))
+        model = ddpm.LatentDiffusion()
+        model.model = ddpm.DiffusionWrapper()
+        model.model.diffusion_model = unet
+        model.cond_stage_model = encoders.FrozenOpenCLIPEmbedder()
+        model.cond_stage_model.model = text
+        model.first_stage_model = _module_tree(ae.AutoencoderKL, _diffusers_vae_to_ldm(vae.state_dict(), 4))
+        torch.save(model, folder / "07B_merged_all.pt")
     return folder, reference_unet, text, vae
 
 
