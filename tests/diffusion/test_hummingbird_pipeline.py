@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import av
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -192,3 +193,10 @@ def test_bad_sizes_are_clear_errors(tiny_release):
     pipe = HummingbirdPipeline.from_release(tiny_release[0])
     with pytest.raises(ValueError, match="multiples of 16"):
         pipe("a cat", height=40, width=48, num_frames=2)
+
+
+def test_half_precision_generation_is_finite(tiny_release):
+    """bfloat16 on the CPU (the GPU runs float16 the same way): every part in the low precision, no NaN."""
+    pipe = HummingbirdPipeline.from_release(tiny_release[0]).to(dtype=torch.bfloat16)
+    out = pipe("a cat", num_inference_steps=4, height=32, width=48, num_frames=2, generator=0)
+    assert out.frames.shape == (1, 2, 32, 48, 3) and np.isfinite(out.frames).all()
