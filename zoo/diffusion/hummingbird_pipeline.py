@@ -32,7 +32,7 @@ from zoo.registry import split_name
 
 from .export import export_video
 from .hummingbird import (
-    HummingbirdUNet, RELEASE, RELEASE_FILES, guidance_embedding, read_release, release_config_values, release_file,
+    RELEASE, RELEASE_FILES, HummingbirdUNet, guidance_embedding, read_release, release_config_values, release_file,
 )
 
 VAE_SCALE = 0.18215
