@@ -14,6 +14,7 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "lowformer": {"tags": ["image-classification", "backbone"], "pipeline_tag": "image-classification"},
     "wavemix": {"tags": ["backbone"]},
     "wan": {"tags": ["video-generation"]},
+    "hummingbird": {"tags": ["video-generation"], "pipeline_tag": "text-to-video"},
     "zimage": {"tags": ["text-to-image"], "pipeline_tag": "text-to-image"},
     "llavamini": {"tags": ["image-text-to-text", "video-text-to-text"], "pipeline_tag": "image-text-to-text"},
     "hulumed": {"tags": ["medical", "image-text-to-text"], "pipeline_tag": "image-text-to-text"},

@@ -50,8 +50,8 @@ def create(
             converter = family.detect_converter(state_dict.keys())
         else:
             source = entry.source(tag)
-            state_dict = hub.load_state_dict(fetch_source(source), source.files)
             converter = family.converter(source.format)
+            state_dict = (converter.read_weights or hub.load_state_dict)(fetch_source(source), source.files)
         hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter, dtype=target_dtype)
         model.eval()
     model.zoo_name, model.zoo_tag = entry.name, tag
@@ -84,6 +84,8 @@ def from_pretrained(
     if not is_local and (repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~"))):
         raise CheckpointError(f"'{repo_id}' is neither an existing folder nor a Hub repo id ('owner/name').")
     folder = local if is_local else hub.download(repo_id, revision=revision, allow_patterns=_CONFIG_FILES)
+    if is_local and (release := _read_release(folder, family)) is not None:
+        return _load_release(*release, target_dtype, device)
     published_config, _ = hub.folder_config(folder, _CONFIG_FILES)
     model_family, converter = _detect_format(published_config, family, origin=repo_id)
 
@@ -104,6 +106,29 @@ def from_pretrained(
         model.pretrained_cfg = {k: tuple(v) if isinstance(v, list) else v
                                 for k, v in published_config["zoo_pretrained_cfg"].items()}
     return model.eval().to(device=device, dtype=target_dtype)
+
+
+def _read_release(folder: Path, family: str | None) -> tuple[Family, Converter, dict, dict] | None:
+    """The family, converter, config values and state dict of a release folder with no config file (see
+    `Converter.read_folder`), or None."""
+    if any((folder / name).is_file() for name in _CONFIG_FILES):
+        return None
+    candidates = [get_family(family)] if family is not None else families()
+    for fam in candidates:
+        for converter in fam.converters.values():
+            if converter.read_folder is not None and (found := converter.read_folder(folder)) is not None:
+                return fam, converter, *found
+    return None
+
+
+def _load_release(
+    family: Family, converter: Converter, values: dict, state_dict: dict, dtype: torch.dtype | None, device: Any
+) -> ZooModel:
+    config = converter.convert_config(values)
+    with torch.device("meta"):
+        model = family.model_cls(config)
+    hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter, dtype=dtype)
+    return model.eval().to(device=device, dtype=dtype)
 
 
 def _detect_format(published_config: dict, family: str | None, origin: str) -> tuple[Family, Converter]:

@@ -13,6 +13,7 @@ import fnmatch
 import importlib
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -103,6 +104,9 @@ class Converter:
     `convert_config(published_config)` turns the format's config.json into the family's config.
     `matches_config(published_config)` says whether a folder's config belongs to this format;
     `matches_keys(keys)` recognises a bare checkpoint from signature keys.
+    For a release with no config file: `read_folder(folder)` gives the config values `convert_config` takes and
+    the state dict, or None when the folder is not in this format; `read_weights(folder, patterns)` reads a
+    registered source's weights where `hub.load_state_dict` cannot (e.g. whole pickled modules).
     """
 
     name: str
@@ -112,6 +116,8 @@ class Converter:
     matches_keys: Callable[[Collection[str]], bool] | None = None
     config_file: str = "config.json"
     subfolder: str = ""
+    read_folder: Callable[[Path], tuple[dict[str, Any], dict[str, torch.Tensor]] | None] | None = None
+    read_weights: Callable[[Path, Sequence[str]], dict[str, torch.Tensor]] | None = None
 
 
 def rename_keys(

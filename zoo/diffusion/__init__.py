@@ -5,3 +5,4 @@ Importing this package registers its families.
 
 from . import wan  # noqa: E402,F401
 from . import zimage  # noqa: E402,F401
+from . import hummingbird  # noqa: E402,F401

@@ -23,9 +23,9 @@ from .linear_attention import (
     gated_linear_attention_step,
 )
 from .mamba import Mamba, causal_conv1d_silu
-from .mlp import Mlp, SwiGLU
+from .mlp import GEGLU, Mlp, SwiGLU
 from .modulation import AdaLNModulation, ScaleShiftTable, gated_residual, modulate
-from .norm import HeadLayerNorm, HeadRMSNorm, LayerNorm, RMSNorm, qk_norm
+from .norm import GroupNorm, HeadLayerNorm, HeadRMSNorm, LayerNorm, RMSNorm, qk_norm
 from .rotary import Llama3RopeScaling, RotaryEmbedding, apply_rotary, rotary_inv_freq
 from .scan2d import image_to_sequences, light_field_to_sequences, sequences_to_image, sequences_to_light_field
 from .selective_scan import selective_scan, selective_scan_ref, selective_state_update
@@ -42,7 +42,7 @@ from .token_reduction import (
 from .wavelet import haar_dwt2d, haar_dwt2d_concat, haar_idwt2d
 
 __all__ = [
-    "AdaLNModulation", "Attention", "DynamicCache", "HeadLayerNorm", "HeadRMSNorm", "LayerNorm", "Llama3RopeScaling",
+    "AdaLNModulation", "Attention", "DynamicCache", "GEGLU", "GroupNorm", "HeadLayerNorm", "HeadRMSNorm", "LayerNorm", "Llama3RopeScaling",
     "Mamba", "Mlp", "PatchEmbed", "QueryCompressor", "RMSNorm", "RotaryEmbedding", "ScaleShiftTable", "StaticCache",
     "SwiGLU", "TimestepEmbedding", "TokenMerge", "TokenSelection", "apply_rotary", "bipartite_soft_matching",
     "block_mask", "causal_conv1d_silu", "causal_mask", "count_flops", "downsample_token_grid", "flops_by_op",

@@ -1,10 +1,12 @@
-"""Feed-forward blocks: the gated SwiGLU of Llama-style decoders and the two-layer Mlp of ViTs and DiTs."""
+"""Feed-forward blocks: the gated SwiGLU of Llama-style decoders, the two-layer Mlp of ViTs and DiTs, and the GEGLU
+projection of Stable-Diffusion-style transformers."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -65,3 +67,17 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+
+class GEGLU(nn.Module):
+    """value * gelu(gate), both halves of one projection `proj` (dim -> 2 * hidden_dim): the input half of the
+    feed-forward of Stable-Diffusion-style transformers (lvdm, diffusers' GEGLU). Takes (..., dim), returns
+    (..., hidden_dim)."""
+
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = True):
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * hidden_dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return value * F.gelu(gate)

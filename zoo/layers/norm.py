@@ -1,4 +1,4 @@
-"""Normalisation layers computed in float32: RMSNorm, LayerNorm, and the q/k norms of attention."""
+"""Normalisation layers computed in float32: RMSNorm, LayerNorm, GroupNorm, and the q/k norms of attention."""
 
 from __future__ import annotations
 
@@ -38,6 +38,15 @@ class LayerNorm(nn.LayerNorm):
         weight = self.weight.float() if self.weight is not None else None
         bias = self.bias.float() if self.bias is not None else None
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class GroupNorm(nn.GroupNorm):
+    """nn.GroupNorm computed in float32 and cast back to the input dtype (same state-dict keys): the U-Nets' norm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 class HeadRMSNorm(RMSNorm):
