@@ -194,3 +194,52 @@ def test_published_sizes_are_reported():
     assert info["paper"] == "arXiv:2403.17902"
     assert info["params"] == zoo.model_info("serpent-recon-sr8-512")["params"]
     assert math.isclose(info["params"], 2.06e6, rel_tol=0.01)
+
+
+# --- the task data -------------------------------------------------------------------------------
+
+
+def test_embedded_8x_bicubic_super_resolution_and_fixed_deblurring_sets():
+    from zoo.data import load_dataset
+
+    sr = load_dataset("shapes-restoration", "restoration", "eval", image_size=256, scale=8, downsample="bicubic",
+                      blur=[0.0, 0.0], noise=[0.0, 0.0], eval_samples=2)
+    area = load_dataset("shapes-restoration", "restoration", "eval", image_size=256, scale=8, blur=[0.0, 0.0],
+                        noise=[0.0, 0.0], eval_samples=2)
+    sample = sr[0]
+    assert sample["degraded"].shape == (3, 32, 32) and sample["clean"].shape == (3, 256, 256)
+    expected = F.interpolate(sample["clean"][None], scale_factor=1 / 8, mode="bicubic", antialias=True,
+                             align_corners=False)[0].clamp(0, 1)
+    assert torch.allclose(sample["degraded"], expected, atol=1e-6)
+    assert not torch.allclose(sample["degraded"], area[0]["degraded"], atol=1e-3)
+    deblur = load_dataset("shapes-restoration", "restoration", "eval", image_size=64, blur=[2.0, 2.0],
+                          noise=[0.0, 0.0], eval_samples=2)
+    # a fixed kernel: the same blur of each clean image, whatever the item
+    from zoo.data.shapes import gaussian_blur
+
+    for item in (deblur[0], deblur[1]):
+        assert torch.allclose(item["degraded"], gaussian_blur(item["clean"], 2.0).clamp(0, 1), atol=1e-6)
+    with pytest.raises(ConfigError, match="downsample"):
+        load_dataset("shapes-restoration", "restoration", "train", image_size=64, scale=8, downsample="lanczos")
+
+
+@pytest.mark.parametrize("name", ["serpent-deblur-256", "serpent-sr8-512"])
+def test_training_configs_read_and_their_data_fits_the_model(name):
+    from pathlib import Path
+
+    from train.config import TrainConfig, read_yaml
+    from train.tasks import get_task
+    from zoo.data import load_dataset
+    from zoo.registry import get_entry
+
+    config = TrainConfig(**read_yaml(Path(__file__).parents[2] / "train" / "configs" / f"{name}.yaml"))
+    entry = get_entry(config.model)
+    task = get_task(config.task)
+    options = {**task.data_defaults(entry, entry.config), **config.data_options}
+    sample = load_dataset(config.data, "restoration", "eval", eval_samples=1, **options)[0]
+    assert tuple(sample["degraded"].shape[1:]) == entry.default_input.tensors["pixel_values"].shape[1:]
+    # the task's forward on the real data with a same-layout tiny model (the published-size one is slow on CPU)
+    model = zoo.create("serpent-recon-tiny", upscale=entry.config.upscale)
+    with torch.no_grad():
+        restored = task.forward(model, task.collate([sample]))
+    assert restored.shape == (1, *sample["clean"].shape)
