@@ -243,3 +243,11 @@ def test_training_configs_read_and_their_data_fits_the_model(name):
     with torch.no_grad():
         restored = task.forward(model, task.collate([sample]))
     assert restored.shape == (1, *sample["clean"].shape)
+
+
+def test_model_card_and_info_say_reconstruction(tmp_path):
+    model = zoo.create("serpent-recon-tiny")
+    card = (model.save_pretrained(tmp_path) / "README.md").read_text()
+    assert "This is a reconstruction, not the official Serpent" in card
+    assert "cannot load the official checkpoints" in card
+    assert "Reconstructed from the Serpent paper" in card  # the registry description
