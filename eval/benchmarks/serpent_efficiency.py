@@ -31,7 +31,6 @@ import weakref
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -177,9 +176,10 @@ def run(sizes=SIZES, settings=("deblur", "sr8"), measure_cpu_sizes=()) -> dict:
                 "cpu_rss": {s: rows[other]["cpu_rss_mib"][s] / rows["serpent"]["cpu_rss_mib"][s]
                             for s in measure_cpu_sizes},
             }
-            print(f"{setting:6s} {other}/serpent  FLOPs x " + " ".join(f"{v:6.1f}" for v in rows[f"ratio_{other}"]["flops"])
-                  + "  tensor peak x " + " ".join(f"{v:6.2f}" for v in rows[f"ratio_{other}"]["tensor_peak"])
-                  + (f"  CPU RSS x {rows[f'ratio_{other}']['cpu_rss']}" if measure_cpu_sizes else ""))
+            ratio = rows[f"ratio_{other}"]
+            print(f"{setting:6s} {other}/serpent  FLOPs x " + " ".join(f"{v:6.1f}" for v in ratio["flops"])
+                  + "  tensor peak x " + " ".join(f"{v:6.2f}" for v in ratio["tensor_peak"])
+                  + (f"  CPU RSS x {ratio['cpu_rss']}" if measure_cpu_sizes else ""))
         results["settings"][setting] = rows
     return results
 
