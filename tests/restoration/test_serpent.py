@@ -94,6 +94,20 @@ def test_mixer_fast_scan_paths_equal_the_reference_scan(backend, chunk, height, 
         assert (p.grad - p_ref.grad).abs().max() < 1e-4 * max(1.0, p_ref.grad.abs().max()), name
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "chunked"])
+def test_mixer_cuda_scan_paths_equal_the_reference_scan(backend):
+    """On CUDA, "auto" is mamba-ssm's kernel where it is installed (the chunked scan otherwise)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    fast = _mixer(backend=backend, chunk=16).cuda()
+    ref = _mixer(backend="ref")
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 9, 11, 12)
+    with torch.no_grad():
+        assert (fast(x.cuda()).cpu() - ref(x)).abs().max() < 1e-4
+
+
 def _oracle_ss2d(mixer: SS2D, x: torch.Tensor) -> torch.Tensor:
     """SS2D written out plainly: positions visited in each direction's order one at a time, in float64."""
     batch, height, width, _ = x.shape
