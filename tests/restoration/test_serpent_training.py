@@ -1,6 +1,7 @@
 """A CPU training of the tiny reconstructed Serpent on the embedded Gaussian-deblurring set (shapes-restoration with
 a fixed kernel and noise) through the common `restoration` task: the restored images beat the blurred input's PSNR
-by at least 0.5 dB. Takes several minutes on a shared 2-core CPU, hence `slow`."""
+by at least 1 dB (measured: 24.46 against 22.41 dB). About 40 s on a quiet 2-core CPU, minutes on a shared one,
+hence `slow`."""
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from train import TrainConfig, fit
 from zoo.data import load_dataset
 
 DEBLUR = {"blur": [1.5, 1.5], "noise": [0.01, 0.01]}  # a fixed Gaussian kernel (sigma 1.5 px) and noise std 0.01
-MARGIN_DB = 0.5
+MARGIN_DB = 1.0
 
 
 @pytest.mark.slow
