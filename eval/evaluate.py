@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from zoo.errors import ConfigError, InputError
+from zoo.errors import ConfigError, InputError, ZooError
 
 from . import metrics
 
@@ -177,6 +177,7 @@ def _score_restoration(task, model, dataset, options, device):
     crop = options.crop_border if options.crop_border is not None else int(getattr(base, "scale", 1) or 1)
     crop = 0 if crop == 1 and options.crop_border is None else crop
     values: dict[str, list[float]] = {}
+    lpips_note = "alex v0.1 on RGB in [-1, 1], no crop"
     for batch in task.batches(dataset, options.batch_size, device):
         restored = task.forward(model, batch).float().clamp(0, 1).cpu()
         clean = batch["clean"].float().cpu()
@@ -188,12 +189,18 @@ def _score_restoration(task, model, dataset, options, device):
         if min(clean.shape[-2:]) - 2 * crop >= 11:
             per_image["ssim"] = metrics.ssim(restored, clean, crop_border=crop)
             per_image["ssim_y"] = metrics.ssim(restored, clean, crop_border=crop, y_channel=True)
+        if lpips_note.startswith("alex") and clean.shape[1] == 3:
+            try:
+                per_image["lpips"] = metrics.lpips(restored, clean)
+            except ZooError as error:  # not installed, or its backbone's weights cannot be had: no LPIPS
+                lpips_note = f"not computed: {error}"
         for key, value in per_image.items():
             values.setdefault(key, []).extend(value.tolist())
     scores = {key: statistics.fmean(v) for key, v in values.items()}
     return scores, {"images": "outputs clamped to [0, 1], not rounded to 8 bits", "crop_border": crop,
                     "y_channel": "ITU-R BT.601 studio swing (MATLAB rgb2ycbcr, BasicSR)",
-                    "ssim": "Gaussian 11x11, sigma 1.5, valid window positions", "average": "mean over images"}
+                    "ssim": "Gaussian 11x11, sigma 1.5, valid window positions", "lpips": lpips_note,
+                    "average": "mean over images"}
 
 
 def _score_vlm(task, model, dataset, options, device):

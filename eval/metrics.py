@@ -1,4 +1,4 @@
-"""Evaluation metrics: classification top-k, PSNR/SSIM, Fréchet distance, CLIP score, VQA exact match and ANLS.
+"""Evaluation metrics: classification top-k, PSNR/SSIM/LPIPS, Fréchet distance, CLIP score, VQA exact match and ANLS.
 
 Where torchmetrics has the metric, it computes it (top-k accuracy, PSNR, SSIM, the Fréchet distance of feature
 sets, edit distances); this module fixes the conventions around it:
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoo.errors import ConfigError, InputError
+from zoo.errors import ConfigError, InputError, ZooError
 
 # ---------------------------------------------------------------------------------------------------
 # classification
@@ -119,6 +119,32 @@ def ssim(prediction: Tensor, target: Tensor, data_range: float = 1.0, crop_borde
                                                       return_full_image=True)
     half = _SSIM_WINDOW // 2
     return ssim_map[..., half:-half, half:-half].flatten(1).mean(1).float()
+
+
+_LPIPS: dict[str, nn.Module] = {}
+
+
+def lpips(prediction: Tensor, target: Tensor, net: str = "alex") -> Tensor:
+    """LPIPS distance per image (B,) of RGB images in [0, 1] (scaled to [-1, 1], as the `lpips` package expects),
+    with the `lpips` package's v0.1 linear heads on torchvision's `net` features (alex, vgg or squeeze). Needs
+    `pip install mmzoo[lpips]` and torchvision's ImageNet weights of `net` already in the torch hub cache (zoo
+    downloads nothing here); a ZooError says which is missing."""
+    if net not in _LPIPS:
+        try:
+            import lpips as lpips_package
+            from torchvision import models
+        except ImportError as error:
+            raise ZooError("LPIPS needs the lpips package: pip install mmzoo[lpips]") from error
+        weights = {"alex": models.AlexNet_Weights, "vgg": models.VGG16_Weights,
+                   "squeeze": models.SqueezeNet1_1_Weights}[net].IMAGENET1K_V1
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not cached.is_file():
+            raise ZooError(f"LPIPS needs torchvision's {net} weights at {cached} (from {weights.url}); zoo does not "
+                           "download them")
+        _LPIPS[net] = lpips_package.LPIPS(net=net, verbose=False).eval()
+    model = _LPIPS[net].to(prediction.device)
+    with torch.no_grad():
+        return model(prediction.float() * 2 - 1, target.float() * 2 - 1).flatten().float()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -289,5 +315,5 @@ def _check_pairs(predictions: Sequence[str], references: Sequence[Any]) -> None:
 
 __all__ = [
     "ClipFeatures", "anls", "clip_score", "frechet_distance", "frechet_distance_from_stats", "load_clip",
-    "normalize_answer", "psnr", "rgb_to_y", "ssim", "topk_accuracy", "vqa_exact_match",
+    "lpips", "normalize_answer", "psnr", "rgb_to_y", "ssim", "topk_accuracy", "vqa_exact_match",
 ]

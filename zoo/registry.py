@@ -214,6 +214,7 @@ class ModelEntry:
 
 _FAMILIES: dict[str, Family] = {}
 _MODELS: dict[str, ModelEntry] = {}
+_UNAVAILABLE: dict[str, str] = {}
 
 
 def register_family(
@@ -258,6 +259,11 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
+def register_unavailable(name: str, reason: str) -> None:
+    """A name users may ask for (e.g. an official release) that zoo cannot build: looking it up raises `reason`."""
+    _UNAVAILABLE[name] = reason
+
+
 def unregister_model(name: str) -> None:
     """Remove a model name (for tests that register temporary models)."""
     _MODELS.pop(name)
@@ -298,6 +304,8 @@ def split_name(name: str) -> tuple[ModelEntry, str | None]:
         entry = _MODELS[base]
         entry.source(tag)
         return entry, tag
+    if name in _UNAVAILABLE:
+        raise UnknownModelError(_UNAVAILABLE[name])
     suggestions = closest(name, _MODELS)
     hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
     raise UnknownModelError(f"Unknown model '{name}'.{hint} See `zoo list` for every name.")

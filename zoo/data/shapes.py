@@ -225,17 +225,22 @@ class ShapesRestoration(_ShapesDataset):
     """(degraded, clean) pairs for restoration and super-resolution; both float (3, H, W) in [0, 1].
 
     The clean image is a scene of 1-3 shapes. The degraded one is the clean image blurred (Gaussian, sigma drawn
-    from `blur`), downsampled by `scale` (area average; 1 keeps the size) and given Gaussian noise (std drawn from
-    `noise`, in [0, 1] units), clipped to [0, 1]. `image_size` is the clean size and must be divisible by `scale`.
+    from `blur`), downsampled by `scale` (1 keeps the size; `downsample` "area": area average, "bicubic":
+    antialiased bicubic, as MATLAB's imresize) and given Gaussian noise (std drawn from `noise`, in [0, 1] units),
+    clipped to [0, 1]. `image_size` is the clean size and must be divisible by `scale`.
     """
 
     def __init__(self, num_samples: int = 1000, image_size: int = 32, seed: int = 0, split: str = "train",
                  scale: int = 1, blur: tuple[float, float] = (0.5, 1.5), noise: tuple[float, float] = (0.0, 0.08),
-                 jitter: float | None = None, shape_size: tuple[float, float] | None = None):
+                 jitter: float | None = None, shape_size: tuple[float, float] | None = None,
+                 downsample: str = "area"):
         super().__init__(num_samples, image_size, seed, split, jitter, shape_size)
         if scale < 1 or image_size % scale:
             raise ConfigError(f"scale must be a positive divisor of image_size={image_size}, got {scale}")
+        if downsample not in ("area", "bicubic"):
+            raise ConfigError(f"downsample must be 'area' or 'bicubic', got {downsample!r}")
         self.scale = scale
+        self.downsample = downsample
         self.blur = tuple(blur)
         self.noise = tuple(noise)
 
@@ -243,7 +248,10 @@ class ShapesRestoration(_ShapesDataset):
         shapes = self.shapes(rng, int(rng.integers(1, 4)))
         clean = render(shapes, self.image_size, rng, noise=0.0).float() / 255
         degraded = gaussian_blur(clean, float(rng.uniform(*self.blur)))
-        if self.scale > 1:
+        if self.scale > 1 and self.downsample == "bicubic":
+            degraded = torch.nn.functional.interpolate(degraded[None], scale_factor=1 / self.scale, mode="bicubic",
+                                                       align_corners=False, antialias=True)[0]
+        elif self.scale > 1:
             degraded = torch.nn.functional.avg_pool2d(degraded[None], self.scale)[0]
         sigma = float(rng.uniform(*self.noise))
         degraded = degraded + torch.from_numpy(rng.normal(0.0, sigma, degraded.shape).astype(np.float32))
