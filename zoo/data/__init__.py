@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from zoo.errors import ConfigError, InputError, closest
 
+from .documents import RenderedDocuments, UnitMix
 from .formats import HFDataset, ImageFolder, JsonlDataset
 from .shapes import ShapesCaptions, ShapesClassification, ShapesRestoration, ShapesVQA
 
@@ -32,6 +33,8 @@ EMBEDDED: dict[str, tuple[type, str, dict[str, Any], str]] = {
     "shapes-captions": (ShapesCaptions, "captions", {}, "1-2 shapes with a caption, for text-to-image"),
     "shapes-restoration": (ShapesRestoration, "restoration", {}, "blurred and noisy / clean pairs"),
     "shapes-sr": (ShapesRestoration, "restoration", {"scale": 2}, "blurred, 2x downsampled, noisy / clean pairs"),
+    "documents": (RenderedDocuments, "captions", {}, "rendered words (DejaVu fonts) captioned with their text"),
+    "unit-mix": (UnitMix, "captions", {}, "UNIT's mixture: rendered documents and captioned shapes"),
 }
 EVAL_SPLITS = ("eval", "val", "validation", "test")
 
@@ -147,6 +150,6 @@ def _hf_dataset(source: str, kind: str, split: str, image_size: int | None, colu
 
 
 __all__ = [
-    "EMBEDDED", "KINDS", "HFDataset", "ImageFolder", "JsonlDataset", "ShapesCaptions", "ShapesClassification",
-    "ShapesRestoration", "ShapesVQA", "load_dataset",
+    "EMBEDDED", "KINDS", "HFDataset", "ImageFolder", "JsonlDataset", "RenderedDocuments", "ShapesCaptions",
+    "ShapesClassification", "ShapesRestoration", "ShapesVQA", "UnitMix", "load_dataset",
 ]
