@@ -339,3 +339,30 @@ def test_zoo_run_prints_token_shapes_and_cls_norm(tmp_path, capsys):
     pixels[:, 0], pixels[:, 1], pixels[:, 2] = 30 / 255, 200 / 255, 90 / 255
     with torch.no_grad():
         assert f"cls norm {model(pixels)[0].norm().item():.4f}" in printed
+
+
+def test_bench_reference_is_timm_vit_doing_the_same_work():
+    """`zoo bench unit-600m --compare timm`: timm's VisionTransformer (the vit_huge_patch14_224 class) holding UNIT's
+    weights gives UNIT's tokens at the stored grid, so the timing compares the same work."""
+    from eval.references import get_reference
+
+    reference = get_reference("unit", "timm")
+    config = zoo.create("unit-tiny").config.replace(global_pool="avg", register_multiple=0)
+    for config in (zoo.create("unit-tiny").config, config):
+        timm_model, model = reference.build(config)
+        randomize_biases(randomize_norms(timm_model))  # shared with zoo's model, but for the patch conv's bias:
+        torch.nn.init.zeros_(timm_model.patch_embed.proj.bias)  # UNIT's embedder has none
+        assert isinstance(timm_model, VisionTransformer)
+        pixels = _pixels(64, 64)
+        with torch.no_grad():
+            ours, theirs = model(pixels), reference.call(timm_model, {"pixel_values": pixels})
+        assert_close(ours[0], theirs[0], **FP32)
+        assert_close(ours[1], theirs[1], **FP32)
+
+
+def test_model_card_names_the_release_and_the_input_convention(tmp_path):
+    from zoo import hub
+
+    card = hub.render_model_card(zoo.create("unit-tiny"), repo_id="me/unit-tiny")
+    assert "arXiv:2409.04095" in card and "yeeaa/UNIT_1B" in card and "pixels in [0, 1]" in card
+    assert 'zoo.from_pretrained("me/unit-tiny")' in card
