@@ -366,3 +366,18 @@ def test_model_card_names_the_release_and_the_input_convention(tmp_path):
     card = hub.render_model_card(zoo.create("unit-tiny"), repo_id="me/unit-tiny")
     assert "arXiv:2409.04095" in card and "yeeaa/UNIT_1B" in card and "pixels in [0, 1]" in card
     assert 'zoo.from_pretrained("me/unit-tiny")' in card
+
+
+def test_zoo_run_unit_1b_on_an_official_folder(tmp_path, capsys):
+    """`zoo run unit-1b --checkpoint FOLDER --image X` on a folder in the official layout (a shrunk 1B: its patch,
+    grid and pooling, two blocks of width 64): the published processor's 448 x 448 pixels, 32 x 32 tokens."""
+    from zoo.cli import main
+
+    config = dict(dim=64, depth=2, heads=4, patch=14, gp="avg", cls=1, reg=0, img_size=224, cpe_max_size=448,
+                  num_classes=0)
+    folder = _official_folder(tmp_path, Oracle(config).eval())
+    Image.new("RGB", (640, 480), (200, 40, 90)).save(tmp_path / "x.jpg")
+    assert main(["run", "unit-1b", "--checkpoint", str(folder), "--image", str(tmp_path / "x.jpg"),
+                 "--device", "cpu"]) in (0, None)
+    printed = capsys.readouterr().out
+    assert "pixels (1, 3, 448, 448) -> cls_tokens (1, 64), spatial_tokens (1, 1024, 64); cls norm" in printed, printed
