@@ -318,7 +318,8 @@ class UnitTask(Task):
                 references += batch["document"]["captions"]
             if "image" in batch:
                 pixels = batch["image"]["pixels"]
-                ours, original = model.forward_features(pixels)[:, skip:], self.teacher.forward_features(pixels)[:, skip:]
+                ours = model.forward_features(pixels)[:, skip:]
+                original = self.teacher.forward_features(pixels)[:, skip:]
                 retention.append(F.cosine_similarity(ours.float(), original.float(), dim=-1).mean(-1))
         metrics = {"language_loss": sum(losses) / max(len(losses), 1)}
         if references:

@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.testing import assert_close
 
 import zoo
@@ -68,7 +67,8 @@ def test_language_decoder_is_opt_125m_by_default_and_reads_the_visual_prefix():
         decoder = LanguageDecoder(1280, vocab_size=50272, max_positions=2048)
     assert isinstance(decoder.opt, OPTForCausalLM)
     config = decoder.opt.config
-    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.ffn_dim) == (768, 12, 12, 3072)
+    widths = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.ffn_dim)
+    assert widths == (768, 12, 12, 3072)
     assert 124e6 < sum(p.numel() for p in decoder.opt.parameters()) < 126e6  # OPT-125M
     torch.manual_seed(0)
     small = LanguageDecoder(16, vocab_size=len(CharTokenizer()), max_positions=32, **TINY_DECODER).eval()
