@@ -11,8 +11,9 @@ Both train, besides the encoder (`zoo.backbones.unit.UnitEncoder`), two decoders
 - a language decoder, OPT (transformers' `OPTForCausalLM`; OPT-125M's widths by default) reading the encoder's tokens
   through a linear projection as a prefix, trained with next-token cross-entropy on the text in the image (OCR for
   documents, the caption for natural images): L_lan = -sum_t log P(y_t | y_<t, z);
-- a vision decoder, a two-layer MLP mapping the encoder's spatial tokens on natural images to the features of the
-  frozen original encoder: L_vis = (1 - cos) + mu * L1, averaged over tokens.
+- a vision decoder, a two-layer MLP (by default added to its input and starting at zero: zoo's choice) mapping the
+  encoder's spatial tokens on natural images to the features of the frozen original encoder:
+  L_vis = (1 - cos) + mu * L1, averaged over tokens.
 
 The loss is `language_weight * L_lan + vision_weight * L_vis` (vision_weight 0: no vision decoder, the ablation that
 forgets). Text is tokenised by characters (OPT's BPE vocabulary needs a download). Evaluation: OCR exact match and
@@ -111,15 +112,27 @@ class LanguageDecoder(nn.Module):
 
 
 class VisionDecoder(nn.Module):
-    """A couple of MLP layers: the encoder's spatial tokens (B, N, D) -> the original encoder's features (B, N, D')."""
+    """A couple of MLP layers: the encoder's spatial tokens (B, N, D) -> the original encoder's features (B, N, D').
 
-    def __init__(self, dim: int, target_dim: int, hidden: int | None = None):
+    With `residual` (D' = D) the MLP is added to its input and starts at zero, so the decoder starts as the identity
+    and the reconstruction loss starts at 0 for the starting encoder: what it then penalises is the encoder's drift
+    that the MLP cannot undo.
+    """
+
+    def __init__(self, dim: int, target_dim: int, hidden: int | None = None, residual: bool = True):
         super().__init__()
+        if residual and dim != target_dim:
+            raise ConfigError(f"a residual vision decoder maps {dim} features to {dim}, not {target_dim}.")
         hidden = hidden or 4 * dim
+        self.residual = residual
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, target_dim)
+        if residual:
+            nn.init.zeros_(self.fc2.weight)
+            nn.init.zeros_(self.fc2.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(tokens)))
+        out = self.fc2(self.act(self.fc1(tokens)))
+        return tokens + out if self.residual else out
 
 
 def feature_loss(prediction: torch.Tensor, target: torch.Tensor, mu: float) -> tuple[torch.Tensor, torch.Tensor,
@@ -144,7 +157,7 @@ class UnitTask(Task):
     def __init__(self, extra_losses: Sequence[LossTerm | dict] = (), image_size: int | None = None,
                  document_size: int | None = None, language_weight: float = 1.0, vision_weight: float = 1.0,
                  mu: float = 1.0, max_text_length: int = 96, decoder: dict[str, int] | None = None,
-                 vision_hidden: int | None = None):
+                 vision_hidden: int | None = None, vision_residual: bool = True):
         super().__init__(extra_losses)
         self.image_size = image_size or self.stage_sizes[0]
         self.document_size = document_size or self.stage_sizes[1]
@@ -158,6 +171,7 @@ class UnitTask(Task):
             raise ConfigError(f"decoder options {sorted(unknown)} are not OPT widths; use {', '.join(OPT_125M)}.")
         self.decoder_options = {**OPT_125M, **(decoder or {})}
         self.vision_hidden = vision_hidden
+        self.vision_residual = bool(vision_residual)
         self.tokenizer = CharTokenizer()
         self.language_decoder: LanguageDecoder | None = None
         self.vision_decoder: VisionDecoder | None = None
@@ -190,11 +204,13 @@ class UnitTask(Task):
         positions = max(tokens, (self.image_size // model.config.patch_size) ** 2 + model.config.num_prefix_tokens)
         self.language_decoder = LanguageDecoder(dim, len(self.tokenizer), positions + self.max_text_length,
                                                 **self.decoder_options)
-        self.vision_decoder = VisionDecoder(dim, dim, self.vision_hidden) if self.vision_weight > 0 else None
+        self.vision_decoder = (VisionDecoder(dim, dim, self.vision_hidden, self.vision_residual)
+                               if self.vision_weight > 0 else None)
         self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
 
     def _extras_config(self) -> dict[str, Any]:
         return {"decoder": self.decoder_options, "vision_hidden": self.vision_hidden,
+                "vision_residual": self.vision_residual,
                 "max_positions": self.language_decoder.opt.config.max_position_embeddings,
                 "alphabet": self.tokenizer.alphabet, "vision_decoder": self.vision_decoder is not None}
 
@@ -217,13 +233,13 @@ class UnitTask(Task):
         saved = json.loads((extras / "config.json").read_text())
         self.tokenizer = CharTokenizer(saved["alphabet"])
         self.decoder_options = saved["decoder"]
-        self.vision_hidden = saved["vision_hidden"]
+        self.vision_hidden, self.vision_residual = saved["vision_hidden"], saved["vision_residual"]
         dim = model.config.embed_dim
         self.language_decoder = LanguageDecoder(dim, len(self.tokenizer), saved["max_positions"], **saved["decoder"])
         self.language_decoder.load_state_dict(load_state_dict(extras / "language_decoder.safetensors"))
         self.vision_decoder = None
         if self.vision_weight > 0:
-            self.vision_decoder = VisionDecoder(dim, dim, self.vision_hidden)
+            self.vision_decoder = VisionDecoder(dim, dim, self.vision_hidden, self.vision_residual)
             if saved["vision_decoder"]:
                 self.vision_decoder.load_state_dict(load_state_dict(extras / "vision_decoder.safetensors"))
         self.teacher = copy.deepcopy(model)

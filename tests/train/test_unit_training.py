@@ -60,6 +60,17 @@ def test_feature_loss_is_cosine_plus_weighted_l1():
     assert float(feature_loss(target, target, mu=1.0)[0]) < 1e-6
 
 
+def test_residual_vision_decoder_starts_as_the_identity():
+    from train.unit import VisionDecoder
+
+    tokens = torch.randn(2, 5, 16)
+    assert torch.equal(VisionDecoder(16, 16)(tokens), tokens)
+    plain = VisionDecoder(16, 8, residual=False)
+    assert plain(tokens).shape == (2, 5, 8)
+    with pytest.raises(zoo.ConfigError, match="residual"):
+        VisionDecoder(16, 8)
+
+
 def test_language_decoder_is_opt_125m_by_default_and_reads_the_visual_prefix():
     from transformers import OPTForCausalLM
 
