@@ -305,6 +305,51 @@ def _image_call(reference: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------
+# UNIT: timm's VisionTransformer (vit_huge_patch14_224 for unit-600m) at UNIT's widths and stored position grid
+
+
+def _unit_build(config: Any) -> tuple[nn.Module, nn.Module]:
+    """timm's ViT doing UNIT's work at the stored position grid: its patch conv (bias zero) is UNIT's Linear embedder,
+    its positions (added to the patches only: no_embed_class) UNIT's stored grid, its class + register tokens
+    UNIT's; one class token, as timm has."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if config.num_cls_tokens != 1:
+        raise ConfigError(f"timm's ViT has one class token; this UNIT config has {config.num_cls_tokens}.")
+    reference = VisionTransformer(
+        img_size=config.grid * config.patch_size, patch_size=config.patch_size, in_chans=config.in_chans,
+        embed_dim=config.embed_dim, depth=config.depth, num_heads=config.num_heads, mlp_ratio=config.mlp_ratio,
+        qkv_bias=config.qkv_bias, init_values=config.init_values, class_token=True, no_embed_class=True,
+        reg_tokens=config.num_registers, global_pool=config.global_pool, num_classes=config.num_classes,
+    ).eval()
+    torch.nn.init.zeros_(reference.patch_embed.proj.bias)
+    state = reference.state_dict()
+    prefix = [state["cls_token"][0]] + ([state["reg_token"][0]] if config.num_registers else [])
+    converted = {
+        **{k: v for k, v in state.items() if k.startswith(("blocks.", "norm.", "fc_norm.", "head."))},
+        "input_conditioner.norm_mean": torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1),
+        "input_conditioner.norm_std": torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1),
+        "patch_generator.embedder.weight": state["patch_embed.proj.weight"].flatten(1),
+        "patch_generator.pos_embed": state["pos_embed"],
+        "patch_generator.cls_token.token": torch.cat(prefix),
+    }
+    family = get_family("unit")
+    with torch.device("meta"):
+        model = family.model_cls(config)
+    load_weights(model, converted, family.converter("zoo"))
+    return reference, model.eval()
+
+
+def _unit_call(reference: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP-normalised pixels through timm's ViT; (class token, spatial tokens), as UNIT returns them."""
+    pixels = inputs["pixel_values"]
+    mean = pixels.new_tensor((0.48145466, 0.4578275, 0.40821073)).view(3, 1, 1)
+    std = pixels.new_tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+    tokens = reference.forward_features((pixels - mean) / std)
+    return tokens[:, 0], tokens[:, reference.num_prefix_tokens:]
+
+
+# ---------------------------------------------------------------------------------------------------
 # WaveMix: the authors' pip package `wavemix`
 
 
@@ -349,6 +394,8 @@ for _reference in (
     Reference("diffusers", "zimage", "diffusers", "diffusers", "diffusers ZImageTransformer2DModel", _zimage_build,
               _zimage_call),
     Reference("timm", "lowformer", "timm", "timm", "timm lowformer", _lowformer_build, _image_call),
+    Reference("timm", "unit", "timm", "timm", "timm VisionTransformer (vit_huge_patch14_224 at UNIT's config)",
+              _unit_build, _unit_call),
     Reference("wavemix", "wavemix", "wavemix", "wavemix", "the authors' wavemix package (WaveMix)", _wavemix_build,
               _image_call, importer=import_wavemix_classification),
 ):

@@ -376,7 +376,9 @@ class Trainer:
         model = self.model
         if self.fsdp is not None:  # before the optimizer: sharding replaces the parameters
             model = distributed.shard_model(model, accelerator.device, self.fsdp, config.mixed_precision)
-        parameters = [p for p in model.parameters() if p.requires_grad]
+        for module in task.trainable_modules():
+            module.to(accelerator.device)
+        parameters = [p for m in (model, *task.trainable_modules()) for p in m.parameters() if p.requires_grad]
         decay = [p for p in parameters if p.ndim >= 2]
         no_decay = [p for p in parameters if p.ndim < 2]
         optimizer = torch.optim.AdamW(

@@ -224,6 +224,11 @@ class Task:
     def save_extras(self, folder: Any) -> None:
         """Write what a saved model needs besides its weights (a processor, a tokenizer)."""
 
+    def trainable_modules(self) -> list[nn.Module]:
+        """Modules the task trains along with the model (training-only heads and decoders, e.g. UNIT's); the loop
+        puts them on the model's device and gives their parameters to the optimizer."""
+        return []
+
 
 def to_device(batch: Any, device: Any) -> Any:
     """The tensors of a batch (nested in dicts, lists and tuples) on `device`; None leaves the batch as it is."""
@@ -1037,6 +1042,8 @@ def _image_size_default(entry: ModelEntry | None, config: Any) -> dict[str, Any]
     size = getattr(config, "image_size", None)
     return {"image_size": size} if isinstance(size, int) else {}
 
+
+from . import unit as _unit  # noqa: E402,F401  (registers unit-pretrain and unit-finetune; it imports Task from here)
 
 __all__ = [
     "ByteTokenizer", "ClassificationTask", "DENOISERS", "Denoiser", "DiffusionTask", "DistillationLoss",

@@ -28,6 +28,8 @@ IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 FAMILY_EVAL = {
     "lowformer": {"interpolation": "bicubic", "crop_pct": 0.95, "crop_mode": "center", **IMAGENET},
     "wavemix": {"interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center", **IMAGENET},
+    # UNIT's model normalises [0, 1] pixels itself: the published CLIP processor resizes and crops only.
+    "unit": {"interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center", "mean": (0.0,) * 3, "std": (1.0,) * 3},
 }
 
 
@@ -60,7 +62,8 @@ def test_resolved_data_config_is_the_published_preprocessing(name):
     assert model.default_cfg == model.pretrained_cfg
     assert model.pretrained_cfg["tag"] == tag and model.pretrained_cfg["hf_hub_id"] == source.hub_id
     assert model.pretrained_cfg["num_classes"] == entry.config.num_classes
-    assert isinstance(model.get_submodule(model.pretrained_cfg["first_conv"]), torch.nn.Conv2d)
+    # A patch embedding is a conv or, as in UNIT's RADIO patch generator, a Linear on flattened patches.
+    assert isinstance(model.get_submodule(model.pretrained_cfg["first_conv"]), (torch.nn.Conv2d, torch.nn.Linear))
     assert model.get_submodule(model.pretrained_cfg["classifier"]) is model.get_classifier()
 
     transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))

@@ -3,4 +3,4 @@
 Importing this package registers its families.
 """
 
-from . import clip, llama, lowformer, navit, phi, qwen, spikingbrain, wavemix  # noqa: F401
+from . import clip, llama, lowformer, navit, phi, qwen, spikingbrain, unit, wavemix  # noqa: F401

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from zoo.errors import ConfigError, InputError, closest
 
+from .documents import RenderedDocuments, UnitMix
 from .formats import HFDataset, ImageFolder, JsonlDataset
 from .shapes import ShapesCaptions, ShapesClassification, ShapesRestoration, ShapesVQA
 from .text import ProceduralText, TextFile
@@ -35,6 +36,8 @@ EMBEDDED: dict[str, tuple[type, str, dict[str, Any], str]] = {
     "shapes-restoration": (ShapesRestoration, "restoration", {}, "blurred and noisy / clean pairs"),
     "shapes-sr": (ShapesRestoration, "restoration", {"scale": 2}, "blurred, 2x downsampled, noisy / clean pairs"),
     "procedural-text": (ProceduralText, "text", {}, "short paragraphs of sums, counting and object facts"),
+    "documents": (RenderedDocuments, "captions", {}, "rendered words (DejaVu fonts) captioned with their text"),
+    "unit-mix": (UnitMix, "captions", {}, "UNIT's mixture: rendered documents and captioned shapes"),
 }
 EVAL_SPLITS = ("eval", "val", "validation", "test")
 
@@ -154,6 +157,6 @@ def _hf_dataset(source: str, kind: str, split: str, image_size: int | None, colu
 
 
 __all__ = [
-    "EMBEDDED", "KINDS", "HFDataset", "ImageFolder", "JsonlDataset", "ProceduralText", "ShapesCaptions",
-    "ShapesClassification", "ShapesRestoration", "ShapesVQA", "TextFile", "load_dataset",
+    "EMBEDDED", "KINDS", "HFDataset", "ImageFolder", "JsonlDataset", "ProceduralText", "RenderedDocuments",
+    "ShapesCaptions", "ShapesClassification", "ShapesRestoration", "ShapesVQA", "TextFile", "UnitMix", "load_dataset",
 ]
