@@ -147,7 +147,9 @@ def _download_weights(repo_id: str, revision: str | None, subfolder: str = "") -
 
 def fetch_source(source: PretrainedSource) -> Path:
     """The local folder holding a registered published source's files, from the cache or the Hub: its `files`, or
-    else its configs and weights (safetensors first, pickles only when there are none)."""
+    else its configs and weights (safetensors first, pickles only when there are none). A `url` source is one file."""
+    if source.url:
+        return hub.download_url(source.url)
     if not source.files:
         return _download_weights(source.hub_id, source.revision, source.subfolder)
     prefix = f"{source.subfolder}/" if source.subfolder else ""

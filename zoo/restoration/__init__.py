@@ -2,3 +2,5 @@
 
 Importing this package registers its families.
 """
+
+from . import mlfsr  # noqa: F401
