@@ -147,3 +147,34 @@ def test_url_download_is_cached_and_loads(tmp_path, monkeypatch):
         assert (model(lr) - oracle(lr)[0]).abs().max() < 1e-4
     model = zoo.create("mlfsr-x2", pretrained=True)  # the server is gone: from the cache
     assert model.zoo_name == "mlfsr-x2"
+
+
+def _interior(mosaic: torch.Tensor, margin: int) -> torch.Tensor:
+    views = mosaic.unflatten(-2, (5, -1)).unflatten(-1, (5, -1))  # (..., u, h, v, w)
+    return views[..., margin:-margin, :, margin:-margin]
+
+
+def test_patch_inference_equals_whole_on_the_interior():
+    """BasicLFSR's patch mode (LFdivide, patches of 32 every 16, LFintegrate) gives the whole-image result wherever
+    the patch border (8 px) covers the receptive field: exact for MLFSR's local path (the body taken out: convs,
+    upsampler and bicubic skip see 5 LR pixels), away from the views' edges."""
+    model = zoo.create("mlfsr-tiny").eval()
+    model.altblock = torch.nn.Identity()
+    lr = torch.rand(2, 1, 5 * 40, 5 * 36)
+    whole = model.super_resolve(lr, "whole")
+    patch = model.super_resolve(lr, "patch", patch_size=32, stride=16, batch_size=5)
+    assert patch.shape == whole.shape == (2, 1, 5 * 80, 5 * 72)
+    assert (_interior(patch, 16) - _interior(whole, 16)).abs().max() < 1e-5
+    assert (patch - whole).abs().max() > 1e-3  # the edges differ: symmetric extension against zero padding
+
+
+def test_mlfsr_sees_beyond_a_patch():
+    """With the Mamba body the receptive field is the whole light field: patching changes the interior too, which is
+    what full-light-field inference (the paper's point) avoids."""
+    model = zoo.create("mlfsr-tiny").eval()
+    lr = torch.rand(1, 1, 5 * 24, 5 * 24)
+    whole, patch = model.super_resolve(lr), model.super_resolve(lr, "patch", patch_size=16, stride=8)
+    assert patch.shape == whole.shape
+    assert (_interior(patch, 8) - _interior(whole, 8)).abs().max() > 1e-4
+    with pytest.raises(ConfigError, match="'whole' or 'patch'"):
+        model.super_resolve(lr, "tiles")

@@ -136,6 +136,36 @@ class LightFieldSR(ZooModel):
     def forward(self, lr: Tensor, info=None) -> Tensor:
         return self.forward_features(lr)[0]
 
+    @torch.no_grad()
+    def super_resolve(self, lr: Tensor, mode: Literal["whole", "patch"] = "whole", patch_size: int = 32,
+                      stride: int = 16, batch_size: int = 16) -> Tensor:
+        """Inference on whole light fields (B, 1, U*h, V*w) -> (B, 1, U*h*s, V*w*s).
+
+        "whole" runs each light field at once. "patch" is BasicLFSR's test mode: each view is cut into overlapping
+        `patch_size` patches every `stride` pixels (`lf_divide`), the patch light fields run in batches of
+        `batch_size`, and the centres of their outputs are stitched (`lf_integrate`).
+        """
+        if mode == "whole":
+            return self(lr)
+        if mode != "patch":
+            raise ConfigError(f"super_resolve: mode must be 'whole' or 'patch', got {mode!r}")
+        if not 0 < stride <= patch_size or (patch_size - stride) % 2:
+            raise ConfigError(f"super_resolve: need 0 < stride <= patch_size with an even difference, got "
+                              f"patch_size={patch_size}, stride={stride}")
+        from ..data.lightfield import lf_divide, lf_integrate
+
+        self.check_input(lr)
+        a, s = self.config.angular_resolution, self.config.scale
+        h, w = lr.shape[-2] // a, lr.shape[-1] // a
+        results = []
+        for mosaic in lr[:, 0]:
+            patches = lf_divide(mosaic, a, patch_size, stride)
+            flat = patches.flatten(0, 1)[:, None]
+            sr = torch.cat([self(flat[i:i + batch_size]) for i in range(0, len(flat), batch_size)])
+            views = lf_integrate(sr[:, 0].unflatten(0, patches.shape[:2]), a, patch_size * s, stride * s, h * s, w * s)
+            results.append(rearrange(views, "u v h w -> 1 (u h) (v w)"))
+        return torch.stack(results)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # MLFSR modules
