@@ -3,4 +3,4 @@
 Importing this package registers its families.
 """
 
-from . import mlfsr  # noqa: F401
+from . import epit, mlfsr  # noqa: F401
