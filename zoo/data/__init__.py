@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from zoo.errors import ConfigError, InputError, closest
 
 from .formats import HFDataset, ImageFolder, JsonlDataset
+from .lightfield import SyntheticLightFields
 from .shapes import ShapesCaptions, ShapesClassification, ShapesRestoration, ShapesVQA
 
 KINDS = ("classification", "vqa", "captions", "restoration")
@@ -32,6 +33,8 @@ EMBEDDED: dict[str, tuple[type, str, dict[str, Any], str]] = {
     "shapes-captions": (ShapesCaptions, "captions", {}, "1-2 shapes with a caption, for text-to-image"),
     "shapes-restoration": (ShapesRestoration, "restoration", {}, "blurred and noisy / clean pairs"),
     "shapes-sr": (ShapesRestoration, "restoration", {"scale": 2}, "blurred, 2x downsampled, noisy / clean pairs"),
+    "lightfield-sr": (SyntheticLightFields, "restoration", {}, "5x5-view light fields of textured planes at "
+                      "several depths, Y mosaics; LR by MATLAB bicubic imresize"),
 }
 EVAL_SPLITS = ("eval", "val", "validation", "test")
 

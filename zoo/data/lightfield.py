@@ -263,15 +263,18 @@ def lf_integrate(patches: Tensor, angular_resolution: int, patch_size: int, stri
 # Synthetic light fields
 
 
-def _texture(rng: np.random.Generator, components: int = 6) -> dict[str, np.ndarray]:
-    """A random grey texture: sinusoids of random orientation and frequency, plus sharp stripes."""
+def _texture(rng: np.random.Generator, components: int = 8) -> dict[str, np.ndarray]:
+    """A random grey texture: sinusoids of random orientation, frequencies log-uniform in [0.01, 0.2] cycles per
+    pixel with amplitudes falling as 1 / frequency (as natural images), plus one set of sharp-edged stripes."""
+    freq = np.exp(rng.uniform(np.log(0.01), np.log(0.2), components))
+    amp = 0.02 / freq * rng.uniform(0.5, 1.0, components)
     return {
-        "freq": rng.uniform(0.02, 0.3, components),
+        "freq": freq,
         "angle": rng.uniform(0, np.pi, components),
         "phase": rng.uniform(0, 2 * np.pi, components),
-        "amp": rng.uniform(0.3, 1.0, components) / components,
-        "stripe": np.array([rng.uniform(0.04, 0.15), rng.uniform(0, np.pi), rng.uniform(0.1, 0.3)]),
-        "mean": np.array([rng.uniform(0.25, 0.75)]),
+        "amp": amp * 0.35 / amp.sum(),
+        "stripe": np.array([rng.uniform(0.02, 0.08), rng.uniform(0, np.pi), rng.uniform(0.05, 0.15)]),
+        "mean": np.array([rng.uniform(0.3, 0.7)]),
     }
 
 
