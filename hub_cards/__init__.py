@@ -15,6 +15,8 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "wavemix": {"tags": ["backbone"]},
     "wan": {"tags": ["video-generation"]},
     "zimage": {"tags": ["text-to-image"], "pipeline_tag": "text-to-image"},
+    "mlfsr": {"tags": ["light-field", "super-resolution", "mamba"], "pipeline_tag": "image-to-image"},
+    "epit": {"tags": ["light-field", "super-resolution"], "pipeline_tag": "image-to-image"},
 }
 
 

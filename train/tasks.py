@@ -106,20 +106,21 @@ class DistillationLoss(LossTerm):
 class FeatureDistillationLoss(LossTerm):
     """MLFSR's T2M (Transformer-to-Mamba) loss: L1 between the body features of a frozen teacher and the student's,
     `forward_features(degraded)[1]` of each (MLFSR and EPIT: the body's output before the global residual), so
-    `weight` 0.1 with the task's L1 gives L1(SR, HR) + 0.1 L1(F_teacher, F_student). Any model whose
+    `weight` 0.1 with the task's L1 gives L1(SR, HR) + 0.1 L1(F_teacher, F_student). A registered teacher name
+    loads its published weights with `pretrained`, or a local file with `checkpoint_path`. Any model whose
     `forward_features` gives features of the student's shape can teach. The student's features come from a forward
     hook on its `feature_module` during the task's own forward (computed once more only at the first step)."""
 
     name = "t2m"
 
     def __init__(self, teacher: str | nn.Module, weight: float = 0.1, feature_module: str = "altblock",
-                 checkpoint_path: str | None = None, **overrides: Any):
+                 pretrained: bool = False, checkpoint_path: str | None = None, **overrides: Any):
         super().__init__(weight)
         if isinstance(teacher, str):
             import zoo
 
-            teacher = (zoo.from_pretrained(teacher) if Path(teacher).is_dir()
-                       else zoo.create(teacher, checkpoint_path=checkpoint_path, **overrides))
+            teacher = (zoo.from_pretrained(teacher) if Path(teacher).is_dir() else
+                       zoo.create(teacher, pretrained=pretrained, checkpoint_path=checkpoint_path, **overrides))
         if not hasattr(teacher, "forward_features"):
             raise ConfigError(f"t2m: the teacher {type(teacher).__name__} has no forward_features(lr) -> (out, features)")
         self.teacher = teacher.eval().requires_grad_(False)

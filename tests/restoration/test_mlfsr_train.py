@@ -12,7 +12,7 @@ from zoo.data import load_dataset
 from zoo.restoration.mlfsr import interpolate_views
 
 
-def _batch(n: int = 2, image_size: int = 60, split: str = "train") -> dict:
+def _batch(n: int = 2, image_size: int = 40, split: str = "train") -> dict:
     data = load_dataset("lightfield-sr", "restoration", split, image_size=image_size, scale=2, num_samples=n)
     items = [data[i] for i in range(n)]
     return {"degraded": torch.stack([s["degraded"] for s in items]), "clean": torch.stack([s["clean"] for s in items]),
@@ -44,7 +44,7 @@ def test_t2m_lowers_the_feature_distance():
     torch.manual_seed(0)
     student, teacher = zoo.create("mlfsr-tiny"), zoo.create("epit-tiny")
     task = get_task("restoration", extra_losses=[{"name": "t2m", "teacher": teacher, "weight": 1.0}])
-    batch = _batch(2, 50)
+    batch = _batch(2, 40)
     optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
     distances = []
     for _ in range(12):
@@ -80,3 +80,33 @@ def test_short_cpu_training_beats_bicubic_then_t2m(tmp_path):
                              extra_losses=[{"name": "t2m", "teacher": "epit-tiny", "weight": 0.1}]))
     distances = [r["t2m"] for r in stage2.history if "t2m" in r]
     assert len(distances) >= 3 and distances[-1] < distances[0], distances
+
+
+def test_train_configs_load():
+    from pathlib import Path
+
+    from train.tasks import build_loss_term
+
+    configs = sorted(Path("train/configs").glob("mlfsr*.yaml"))
+    assert len(configs) == 4
+    for path in configs:
+        config = TrainConfig.from_yaml(path)
+        assert config.task == "restoration"
+    t2m = TrainConfig.from_yaml("train/configs/mlfsr-x4-t2m.yaml").extra_losses[0]
+    assert t2m == {"name": "t2m", "teacher": "epit-x4", "pretrained": True, "weight": 0.1}
+    term = build_loss_term(TrainConfig.from_yaml("train/configs/mlfsr-tiny-t2m.yaml").extra_losses[0])
+    assert isinstance(term, FeatureDistillationLoss) and term.weight == 0.1
+
+
+def test_basiclfsr_folder_is_restoration_data(tmp_path):
+    import h5py
+    import numpy as np
+
+    folder = tmp_path / "SR_5x5_2x" / "EPFL"
+    folder.mkdir(parents=True)
+    with h5py.File(folder / "000001.h5", "w") as file:
+        file.create_dataset("Lr_SAI_y", data=np.random.rand(30, 30).T, dtype="single")
+        file.create_dataset("Hr_SAI_y", data=np.random.rand(60, 60).T, dtype="single")
+    data = load_dataset(tmp_path / "SR_5x5_2x", "restoration")
+    assert len(data) == 1 and data[0]["degraded"].shape == (1, 30, 30) and data[0]["clean"].shape == (1, 60, 60)
+    assert load_dataset(tmp_path / "SR_5x5_2x", "restoration", "eval") is None

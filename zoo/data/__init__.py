@@ -92,6 +92,10 @@ def load_dataset(
         if split == "eval" and not (path / "dataset_dict.json").is_file():
             return None  # a single saved split: no eval split
         return _hf_dataset(str(path), kind, split, image_size, options.get("columns"))
+    if path.is_dir() and kind == "restoration" and next(path.rglob("*.h5"), None) is not None:
+        from .lightfield import BasicLFSRTrainingSet  # BasicLFSR's prepared light-field patches
+
+        return None if split == "eval" else BasicLFSRTrainingSet(path, seed=seed)
     if path.is_dir():
         if kind != "classification":
             raise InputError(
