@@ -122,7 +122,8 @@ class FeatureDistillationLoss(LossTerm):
             teacher = (zoo.from_pretrained(teacher) if Path(teacher).is_dir() else
                        zoo.create(teacher, pretrained=pretrained, checkpoint_path=checkpoint_path, **overrides))
         if not hasattr(teacher, "forward_features"):
-            raise ConfigError(f"t2m: the teacher {type(teacher).__name__} has no forward_features(lr) -> (out, features)")
+            raise ConfigError(f"t2m: the teacher {type(teacher).__name__} has no forward_features(lr) -> (out, "
+                              f"features); MLFSR and EPIT have one")
         self.teacher = teacher.eval().requires_grad_(False)
         self.feature_module = feature_module
         self._hooked: set[int] = set()

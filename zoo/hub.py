@@ -222,8 +222,8 @@ def download_url(url: str) -> Path:
     path = Path(constants.HF_HUB_CACHE) / "zoo-urls" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
     if path.is_file():
         return path
-    advice = (f"Download it on a connected machine and pass it as `zoo.create(name, checkpoint_path='/path/to/{name}')`,"
-              f" or copy it to {path}.")
+    advice = (f"Download it on a connected machine and pass it as "
+              f"`zoo.create(name, checkpoint_path='/path/to/{name}')`, or copy it to {path}.")
     if constants.HF_HUB_OFFLINE:
         raise HubError(f"Could not get {url}: offline mode is on (HF_HUB_OFFLINE=1) and it is not cached. {advice}")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             row = json.loads(result.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"{name:9s} {size:4d}^2 views: median {row['median_s']:8.2f} s  peak {row['peak_bytes'] / GIB:6.2f} GiB",
-                  flush=True)
+            print(f"{name:9s} {size:4d}^2 views: median {row['median_s']:8.2f} s  "
+                  f"peak {row['peak_bytes'] / GIB:6.2f} GiB", flush=True)
     summary = summarise(rows)
     for name, s in summary.items():
         print(f"{name}: time ~ pixels^{s['time_exponent']:.2f}, memory ~ pixels^{s['memory_exponent']:.2f}; "

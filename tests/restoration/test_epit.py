@@ -44,7 +44,8 @@ class OracleTrans(nn.Module):
         t = self.linear_in(x.permute(0, 2, 3, 4, 1).reshape(b * n, h * w, c))
         q_w, k_w, v_w = self.attention.in_proj_weight.chunk(3)
         normed = self.norm(t)
-        q, k, v = (z.unflatten(-1, (self.heads, -1)).transpose(1, 2) for z in (normed @ q_w.T, normed @ k_w.T, t @ v_w.T))
+        q, k, v = (z.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+                   for z in (normed @ q_w.T, normed @ k_w.T, t @ v_w.T))
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + self.mask(h, w, *window)
         attended = (scores.softmax(-1) @ v).transpose(1, 2).flatten(2)
         t = self.attention.out_proj(attended) + t

@@ -58,20 +58,21 @@ def test_t2m_lowers_the_feature_distance():
 
 @pytest.mark.slow
 def test_short_cpu_training_beats_bicubic_then_t2m(tmp_path):
-    """Stage 1: L1 on 5x5 light fields of 16 x 16 HR views (x2) for 120 steps beats the bicubic skip by > 0.3 dB PSNR
-    per view on held-out scenes. Stage 2: T2M from that checkpoint with an EPIT-tiny teacher lowers the feature
-    distance. About 3-5 minutes on one CPU thread."""
+    """Stage 1: L1 on 5x5 light fields of 16 x 16 HR views (x2) for 300 steps at a constant lr beats the bicubic skip
+    by > 0.3 dB PSNR per view on held-out scenes (+0.8 dB seen in the same recipe written as a plain loop). Stage 2:
+    T2M from that model with an EPIT-tiny teacher lowers the feature distance. About 5-10 minutes on one CPU thread."""
     torch.set_num_threads(1)
-    data = {"num_samples": 480, "image_size": 80, "cache": True}
-    stage1 = fit(TrainConfig("mlfsr-tiny", task="restoration", data="lightfield-sr", max_steps=120, batch_size=4,
-                             lr=3e-3, output_dir=str(tmp_path / "stage1"), progress=False, log_every=10,
-                             eval_samples=8, data_options=data))
+    data = {"num_samples": 2000, "image_size": 80, "cache": True}
+    stage1 = fit(TrainConfig("mlfsr-tiny", task="restoration", data="lightfield-sr", max_steps=300, batch_size=4,
+                             lr=5e-3, schedule="constant", output_dir=str(tmp_path / "stage1"), progress=False,
+                             log_every=25, eval_samples=8, data_options=data))
     held_out = _batch(8, 80, "eval")
     with torch.no_grad():
         sr = stage1.model.eval()(held_out["degraded"]).clamp(0, 1)
     bicubic = interpolate_views(held_out["degraded"], 5, 2).clamp(0, 1)
     psnr_model = light_field_psnr_ssim(sr, held_out["clean"], 5)[0].mean()
     psnr_bicubic = light_field_psnr_ssim(bicubic, held_out["clean"], 5)[0].mean()
+    print(f"stage 1: MLFSR-tiny {float(psnr_model):.3f} dB, bicubic {float(psnr_bicubic):.3f} dB")
     assert psnr_model > psnr_bicubic + 0.3, (float(psnr_model), float(psnr_bicubic))
 
     stage2 = fit(TrainConfig(str(stage1.model_dir), task="restoration", data="lightfield-sr", max_steps=30,
@@ -79,6 +80,7 @@ def test_short_cpu_training_beats_bicubic_then_t2m(tmp_path):
                              eval_samples=8, data_options=data,
                              extra_losses=[{"name": "t2m", "teacher": "epit-tiny", "weight": 0.1}]))
     distances = [r["t2m"] for r in stage2.history if "t2m" in r]
+    print("stage 2 feature distances:", [round(d, 4) for d in distances])
     assert len(distances) >= 3 and distances[-1] < distances[0], distances
 
 

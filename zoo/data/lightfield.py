@@ -307,7 +307,8 @@ class SyntheticLightFields(Dataset):
                 f"SyntheticLightFields: image_size ({image_size}) must be {angular_resolution} views whose size "
                 f"is divisible by scale ({scale})."
             )
-        self.num_samples, self.image_size, self.scale, self.seed, self.split = num_samples, image_size, scale, seed, split
+        self.num_samples, self.image_size, self.scale = num_samples, image_size, scale
+        self.seed, self.split = seed, split
         self.angular_resolution, self.planes, self.disparity = angular_resolution, planes, tuple(disparity)
         item_rng(seed, split, 0)  # checks the split
 

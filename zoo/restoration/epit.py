@@ -54,7 +54,10 @@ def window_mask(size: tuple[int, int], window: tuple[int, int], device=None) -> 
     for length, k in zip(size, window):
         offset = torch.arange(length, device=device)[None, :] - torch.arange(length, device=device)[:, None]
         axis = (offset >= -(k // 2)) & (offset < k - k // 2)
-        allowed = axis if allowed is None else (allowed[:, None, :, None] & axis[None, :, None, :]).flatten(0, 1).flatten(1)
+        if allowed is None:
+            allowed = axis
+        else:  # (a, a) and (b, b) -> ((a b), (a b))
+            allowed = (allowed[:, None, :, None] & axis[None, :, None, :]).flatten(0, 1).flatten(1)
     return ~allowed
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Annotated, Literal
 
 import torch
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..config import PositiveFloat, PositiveInt, Range, ZooConfig
+from ..config import PositiveInt, Range, ZooConfig
 from ..errors import CheckpointError, ConfigError, InputError
 from ..layers.mamba import Mamba
 from ..layers.scan2d import light_field_to_sequences, sequences_to_light_field
