@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, scenes in _datasets(args.data, model.config.scale, args.samples, args.size).items():
         results[name] = evaluate_scenes(model, scenes, args.mode, **patching)
         r = results[name]
-        print(f"{name:16s} {args.mode}: PSNR {r['psnr']:.3f} SSIM {r['ssim']:.4f} | bicubic PSNR {r['bicubic_psnr']:.3f} "
-              f"SSIM {r['bicubic_ssim']:.4f} ({r['scenes']} scenes)")
+        print(f"{name:16s} {args.mode}: PSNR {r['psnr']:.3f} SSIM {r['ssim']:.4f} | "
+              f"bicubic PSNR {r['bicubic_psnr']:.3f} SSIM {r['bicubic_ssim']:.4f} ({r['scenes']} scenes)")
     if args.output:
         Path(args.output).write_text(json.dumps({"model": args.model, "mode": args.mode, "results": results}, indent=1))
 
