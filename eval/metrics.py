@@ -147,6 +147,33 @@ def lpips(prediction: Tensor, target: Tensor, net: str = "alex") -> Tensor:
         return model(prediction.float() * 2 - 1, target.float() * 2 - 1).flatten().float()
 
 
+def light_field_psnr_ssim(prediction: Tensor, target: Tensor, angular_resolution: int,
+                          data_range: float = 1.0) -> tuple[Tensor, Tensor]:
+    """PSNR and SSIM per light field (B,) as BasicLFSR computes them: on each view of Y mosaics (B, 1, U*H, V*W),
+    then averaged over the views. SSIM is skimage's `structural_similarity(gaussian_weights=True)`: our SSIM with
+    the sample covariance (window variances times N / (N - 1), N = 121), i.e. K2 scaled by sqrt((N - 1) / N)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    a = angular_resolution
+    if prediction.shape != target.shape or prediction.ndim != 4 or prediction.shape[1] != 1 or \
+            prediction.shape[-1] % a or prediction.shape[-2] % a:
+        raise InputError(f"light-field metrics take two Y mosaics (B, 1, {a}*H, {a}*W) of one shape, got "
+                         f"{tuple(prediction.shape)} and {tuple(target.shape)}")
+    views = [
+        prediction.double().unflatten(-2, (a, -1)).unflatten(-1, (a, -1)).permute(0, 2, 4, 1, 3, 5).flatten(0, 2)
+        for prediction in (prediction, target)
+    ]
+    count = _SSIM_WINDOW**2
+    view_psnr = psnr(*views, data_range=data_range).view(-1, a * a)
+    if min(views[0].shape[-2:]) < _SSIM_WINDOW:
+        raise InputError(f"SSIM's 11 x 11 window needs views of at least 11 x 11, got {tuple(views[0].shape[-2:])}")
+    _, ssim_map = structural_similarity_index_measure(*views, data_range=data_range, reduction="none",
+                                                      k2=0.03 * ((count - 1) / count) ** 0.5, return_full_image=True)
+    half = _SSIM_WINDOW // 2
+    view_ssim = ssim_map[..., half:-half, half:-half].flatten(1).mean(1).float().view(-1, a * a)
+    return view_psnr.mean(1), view_ssim.mean(1)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Fréchet distance
 

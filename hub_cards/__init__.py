@@ -19,6 +19,8 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "llavamini": {"tags": ["image-text-to-text", "video-text-to-text"], "pipeline_tag": "image-text-to-text"},
     "hulumed": {"tags": ["medical", "image-text-to-text"], "pipeline_tag": "image-text-to-text"},
     "spikingbrain": {"tags": ["text-generation", "linear-attention"], "pipeline_tag": "text-generation"},
+    "mlfsr": {"tags": ["light-field", "super-resolution", "mamba"], "pipeline_tag": "image-to-image"},
+    "epit": {"tags": ["light-field", "super-resolution"], "pipeline_tag": "image-to-image"},
 }
 
 

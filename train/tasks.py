@@ -106,7 +106,59 @@ class DistillationLoss(LossTerm):
         return F.mse_loss(student, teacher)
 
 
-LOSS_TERMS: dict[str, type[LossTerm]] = {"distillation": DistillationLoss}
+class FeatureDistillationLoss(LossTerm):
+    """MLFSR's T2M (Transformer-to-Mamba) loss: L1 between the body features of a frozen teacher and the student's,
+    `forward_features(degraded)[1]` of each (MLFSR and EPIT: the body's output before the global residual), so
+    `weight` 0.1 with the task's L1 gives L1(SR, HR) + 0.1 L1(F_teacher, F_student). A registered teacher name
+    loads its published weights with `pretrained`, or a local file with `checkpoint_path`. Any model whose
+    `forward_features` gives features of the student's shape can teach. The student's features come from a forward
+    hook on its `feature_module` during the task's own forward (computed once more only at the first step)."""
+
+    name = "t2m"
+
+    def __init__(self, teacher: str | nn.Module, weight: float = 0.1, feature_module: str = "altblock",
+                 pretrained: bool = False, checkpoint_path: str | None = None, **overrides: Any):
+        super().__init__(weight)
+        if isinstance(teacher, str):
+            import zoo
+
+            teacher = (zoo.from_pretrained(teacher) if Path(teacher).is_dir() else
+                       zoo.create(teacher, pretrained=pretrained, checkpoint_path=checkpoint_path, **overrides))
+        if not hasattr(teacher, "forward_features"):
+            raise ConfigError(f"t2m: the teacher {type(teacher).__name__} has no forward_features(lr) -> (out, "
+                              f"features); MLFSR and EPIT have one")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.feature_module = feature_module
+        self._hooked: set[int] = set()
+        self._features: torch.Tensor | None = None
+
+    def _capture(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        if torch.is_grad_enabled():
+            self._features = output
+
+    def __call__(self, task: Task, model: nn.Module, batch: dict[str, Any], outputs: Any) -> torch.Tensor:
+        student = model
+        while not hasattr(student, "forward_features") and hasattr(student, "module"):
+            student = student.module  # DDP / FSDP wrappers
+        features, self._features = self._features, None
+        if id(student) not in self._hooked:
+            student.get_submodule(self.feature_module).register_forward_hook(self._capture)
+            self._hooked.add(id(student))
+            features = None
+        lr = batch["degraded"]
+        if features is None:
+            features = student.forward_features(lr)[1]
+        if next(self.teacher.parameters()).device != lr.device:
+            self.teacher.to(lr.device)
+        with torch.no_grad():
+            target = self.teacher.forward_features(lr)[1]
+        if target.shape != features.shape:
+            raise ConfigError(f"t2m: teacher features {tuple(target.shape)} and student features "
+                              f"{tuple(features.shape)} differ; use a teacher of the student's width and views")
+        return F.l1_loss(features.float(), target.float())
+
+
+LOSS_TERMS: dict[str, type[LossTerm]] = {"distillation": DistillationLoss, "t2m": FeatureDistillationLoss}
 
 
 def register_loss_term(name: str, cls: type[LossTerm]) -> None:
@@ -1047,7 +1099,7 @@ from . import unit as _unit  # noqa: E402,F401  (registers unit-pretrain and uni
 
 __all__ = [
     "ByteTokenizer", "ClassificationTask", "DENOISERS", "Denoiser", "DiffusionTask", "DistillationLoss",
-    "HashedTextEncoder", "LOSS_TERMS", "LanguageModelingTask", "LossTerm", "PixelLatents", "RestorationTask",
-    "TASKS", "Task", "TaskOutput", "VLMSFTTask",
+    "FeatureDistillationLoss", "HashedTextEncoder", "LOSS_TERMS", "LanguageModelingTask", "LossTerm", "PixelLatents",
+    "RestorationTask", "TASKS", "Task", "TaskOutput", "VLMSFTTask",
     "get_task", "register_denoiser", "register_loss_term", "shift_sigma",
 ]

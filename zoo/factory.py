@@ -173,7 +173,10 @@ def _download_weights(repo_id: str, revision: str | None, subfolder: str = "") -
 
 def fetch_source(source: PretrainedSource) -> Path:
     """The local folder holding a registered published source's files, from the cache or the Hub (ModelScope for its
-    sources): its `files`, or else its configs and weights (safetensors first, pickles only when there are none)."""
+    sources): its `files`, or else its configs and weights (safetensors first, pickles only when there are none).
+    A `url` source is one file."""
+    if source.url:
+        return hub.download_url(source.url)
     if source.host == "modelscope":
         patterns = list(source.files) or ["*.json", "*.safetensors", "*.txt"]
         folder = hub.download_modelscope(source.hub_id, revision=source.revision, allow_patterns=patterns)

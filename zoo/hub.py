@@ -236,6 +236,36 @@ def _unreachable_message(where: str, hub_id: str, error: BaseException) -> str:
     )
 
 
+def download_url(url: str) -> Path:
+    """A local copy of a weights file published outside the Hub (e.g. in a GitHub repo), from zoo's cache
+    (HF_HUB_CACHE/zoo-urls) or downloaded into it. Honours HF_HUB_OFFLINE; waits at most `hub_timeout()` s."""
+    import hashlib
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    path = Path(constants.HF_HUB_CACHE) / "zoo-urls" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    if path.is_file():
+        return path
+    advice = (f"Download it on a connected machine and pass it as "
+              f"`zoo.create(name, checkpoint_path='/path/to/{name}')`, or copy it to {path}.")
+    if constants.HF_HUB_OFFLINE:
+        raise HubError(f"Could not get {url}: offline mode is on (HF_HUB_OFFLINE=1) and it is not cached. {advice}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(name + ".incomplete")
+    try:
+        with urllib.request.urlopen(url, timeout=hub_timeout()) as response, open(partial, "wb") as file:
+            while chunk := response.read(1 << 20):
+                file.write(chunk)
+    except (urllib.error.URLError, OSError) as error:
+        partial.unlink(missing_ok=True)
+        raise HubError(f"Could not download {url} ({error}). {advice}") from error
+    partial.replace(path)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------
 # Reading checkpoints
 

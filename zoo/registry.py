@@ -34,6 +34,8 @@ class PretrainedSource:
 
     `files` are file names or glob patterns inside the repo (after `subfolder`); left empty, the
     loader takes the repo's standard weight files. `format` names a converter of the family.
+    A non-empty `url` is one weights file published outside the Hub (e.g. in a GitHub repo), downloaded by
+    URL; `hub_id` then names the repo it comes from.
     `preprocess` is the evaluation preprocessing the published metrics were measured with, as timm's
     pretrained_cfg spells it (input_size, interpolation, crop_pct, mean, std). `datasets` names the data the
     weights were trained on (Hub dataset ids where there are any), for the model card. `host` is where `hub_id`
@@ -54,6 +56,7 @@ class PretrainedSource:
     notes: str = ""
     host: str = "huggingface"
     config_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    url: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,9 +375,8 @@ def model_info(name: str) -> dict[str, Any]:
     with torch.device("meta"):
         model = family.model_cls(entry.config)
     sources = [
-        {"tag": s.tag, "hub_id": s.hub_id, "host": s.host, "revision": s.revision, "format": s.format,
-         "license": s.license,
-         "files": list(s.files), "metrics": dict(s.metrics), "preprocess": dict(s.preprocess)}
+        {"tag": s.tag, "hub_id": s.hub_id, "host": s.host, "url": s.url, "revision": s.revision, "format": s.format,
+         "license": s.license, "files": list(s.files), "metrics": dict(s.metrics), "preprocess": dict(s.preprocess)}
         for s in entry.sources if tag is None or s.tag == tag
     ]
     return {

@@ -131,7 +131,7 @@ def test_bad_options():
 
 def test_load_embedded_by_name():
     assert set(EMBEDDED) == {"shapes", "shapes-vqa", "shapes-captions", "shapes-restoration", "shapes-sr",
-                             "procedural-text", "documents", "unit-mix"}
+                             "procedural-text", "documents", "unit-mix", "lightfield-sr"}
     train = load_dataset("shapes-vqa", "vqa", num_samples=10, image_size=32, eval_samples=6)
     evaluation = load_dataset("shapes-vqa", "vqa", split="eval", num_samples=10, image_size=32, eval_samples=6)
     assert len(train) == 10 and len(evaluation) == 6 and evaluation.split == "eval"

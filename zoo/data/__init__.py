@@ -23,6 +23,7 @@ from zoo.errors import ConfigError, InputError, closest
 
 from .documents import RenderedDocuments, UnitMix
 from .formats import HFDataset, ImageFolder, JsonlDataset
+from .lightfield import SyntheticLightFields
 from .shapes import ShapesCaptions, ShapesClassification, ShapesRestoration, ShapesVQA
 from .text import ProceduralText, TextFile
 
@@ -38,6 +39,8 @@ EMBEDDED: dict[str, tuple[type, str, dict[str, Any], str]] = {
     "procedural-text": (ProceduralText, "text", {}, "short paragraphs of sums, counting and object facts"),
     "documents": (RenderedDocuments, "captions", {}, "rendered words (DejaVu fonts) captioned with their text"),
     "unit-mix": (UnitMix, "captions", {}, "UNIT's mixture: rendered documents and captioned shapes"),
+    "lightfield-sr": (SyntheticLightFields, "restoration", {}, "5x5-view light fields of textured planes at "
+                      "several depths, Y mosaics; LR by MATLAB bicubic imresize"),
 }
 EVAL_SPLITS = ("eval", "val", "validation", "test")
 
@@ -95,6 +98,10 @@ def load_dataset(
         if split == "eval" and not (path / "dataset_dict.json").is_file():
             return None  # a single saved split: no eval split
         return _hf_dataset(str(path), kind, split, image_size, options.get("columns"))
+    if path.is_dir() and kind == "restoration" and next(path.rglob("*.h5"), None) is not None:
+        from .lightfield import BasicLFSRTrainingSet  # BasicLFSR's prepared light-field patches
+
+        return None if split == "eval" else BasicLFSRTrainingSet(path, seed=seed)
     if path.is_dir():
         if kind != "classification":
             raise InputError(

@@ -504,6 +504,9 @@ def selective_scan(
         return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if chunk_size < 1:
         raise ValueError(f"selective_scan: chunk_size must be positive, got {chunk_size}")
+    if u.shape[0] == 0:  # an empty batch: nothing to scan (the chunked layout cannot reshape zero rows)
+        out, last_state = u * 0, u.new_zeros(0, u.shape[1], A.shape[1], dtype=torch.float32)
+        return (out, last_state) if return_last_state else out
     out, last_state = torch.ops.zoo.selective_scan(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size, backend == "auto"
     )

@@ -3,4 +3,4 @@
 Importing this package registers its families.
 """
 
-from . import serpent  # noqa: F401
+from . import epit, mlfsr, serpent  # noqa: F401
