@@ -101,8 +101,6 @@ def bench_step(name: str, frames: int, latent: tuple[int, int], repeats: int) ->
         "diffusers_over_zoo": samples["diffusers"].p50 / samples["zoo"].p50,
         "runs": len(samples["zoo"].wall),
     }
-    del reference, model
-    gc.collect()
     return result
 
 
