@@ -183,29 +183,24 @@ def test_frame_difference_keeps_changed_tokens_and_one_per_frame(model):
     assert torch.equal(output[:, -3], logits[:, -1].argmax(-1))
 
 
-def _oracle_fastv_logits(model, batch, new_tokens, layer, budget):
-    """Recomputes, without a cache, the logits of the last prompt token and of each new token: layers < K over the
-    whole sequence; layer K - 1's attention from the last prompt token ranks the image tokens of each row; layers
-    >= K over the kept prompt tokens and the new tokens, at their original positions."""
-    text = model.text_model
-    ids = torch.cat([batch["input_ids"], new_tokens], dim=1)
-    mask = torch.cat([batch["attention_mask"], torch.ones_like(new_tokens)], dim=1).bool()
-    prompt_length = batch["input_ids"].shape[1]
+def oracle_fastv_logits(text, lm_head, x, mask, is_image, prompt_length, layer, budget):
+    """Recomputes, without a cache, the logits of the last prompt token and of each new token of the embedded
+    sequence x (B, prompt + new, D): layers < K over the whole sequence; layer K - 1's attention from the last prompt
+    token ranks the image tokens of each row; layers >= K over the kept prompt tokens and the new tokens, at their
+    original positions."""
     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    x = text.embed_tokens(ids)
-    features = model.image_features(batch["pixel_values"], None)
-    is_image = ids == IMAGE
-    x = x.masked_scatter(is_image[..., None], features)
     cos, sin = text.rotary(positions)
-    length = ids.shape[1]
+    length = x.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     for index in range(layer):
         block = text.layers[index]
         if index == layer - 1:
             h = block.input_layernorm(x)[:, :prompt_length]
             attn = block.self_attn
-            q = rearrange(attn.q_proj(h[:, -1:]), "b l (h d) -> b h l d", d=attn.head_dim)
-            k = rearrange(attn.k_proj(h), "b l (h d) -> b h l d", d=attn.head_dim)
+            q = attn.q_norm(attn.q_proj(h[:, -1:]))
+            k = attn.k_norm(attn.k_proj(h))
+            q = rearrange(q, "b l (h d) -> b h l d", d=attn.head_dim)
+            k = rearrange(k, "b l (h d) -> b h l d", d=attn.head_dim)
             q = apply_rotary(q, cos[:, prompt_length - 1:prompt_length], sin[:, prompt_length - 1:prompt_length])
             k = apply_rotary(k, cos[:, :prompt_length], sin[:, :prompt_length])
             k = k.repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1)
@@ -213,19 +208,29 @@ def _oracle_fastv_logits(model, batch, new_tokens, layer, budget):
             scores = scores.masked_fill(~mask[:, None, None, :prompt_length], -math.inf).softmax(-1).mean(dim=(1, 2))
         x = block(x, (cos, sin), (causal & mask[:, None, None, :]), None, index)
     logits = []
-    for row in range(ids.shape[0]):
+    for row in range(x.shape[0]):
         visual = (is_image[row, :prompt_length] & mask[row, :prompt_length]).nonzero().flatten()
-        k = round(budget * len(visual))
+        k = max(1, round(budget * len(visual)))
         chosen = visual[scores[row, visual].topk(k).indices]
         text_positions = (~is_image[row] & mask[row]).nonzero().flatten()
         kept = torch.cat([chosen, text_positions]).sort().values
         y, (c, s) = x[row:row + 1, kept], (cos[row:row + 1, kept], sin[row:row + 1, kept])
         for index in range(layer, len(text.layers)):
             y = text.layers[index](y, (c, s), None, None, index)
-        row_logits = model.lm_head(text.norm(y))[0]
+        row_logits = lm_head(text.norm(y))[0]
         last_prompt = int((kept < prompt_length).sum()) - 1
         logits.append(row_logits[last_prompt:])
     return torch.stack(logits)
+
+
+def _oracle_fastv_logits(model, batch, new_tokens, layer, budget):
+    ids = torch.cat([batch["input_ids"], new_tokens], dim=1)
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(new_tokens)], dim=1).bool()
+    x = model.text_model.embed_tokens(ids)
+    is_image = ids == IMAGE
+    x = x.masked_scatter(is_image[..., None], model.image_features(batch["pixel_values"], None))
+    return oracle_fastv_logits(model.text_model, model.lm_head, x, mask, is_image, batch["input_ids"].shape[1],
+                               layer, budget)
 
 
 @pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
