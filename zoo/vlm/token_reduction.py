@@ -80,6 +80,35 @@ class TokenReduction:
         elif self.layer is not None:
             raise InputError(f"layer= applies to the in-LLM method 'fastv' only, not to {self.method!r}")
 
+    @classmethod
+    def parse(cls, spec: str) -> TokenReduction:
+        """From text, as `zoo bench --token-reduction` takes it: METHOD[:BUDGET][:layer=K][:threshold=T], e.g.
+        "attention:0.25", "merge:16" (a count), "fastv:0.5:layer=2", "frame_difference:threshold=0.05"."""
+        method, *fields = spec.split(":")
+        options: dict[str, object] = {}
+        try:
+            for field in fields:
+                name, _, value = field.rpartition("=")
+                if name == "layer":
+                    options["layer"] = int(value)
+                elif name == "threshold":
+                    options["threshold"] = float(value)
+                elif not name and "budget" not in options:
+                    options["budget"] = float(value) if "." in value or "e" in value else int(value)
+                else:
+                    raise ValueError(field)
+        except ValueError as error:
+            raise InputError(f"token reduction {spec!r} cannot be read ({error}); write METHOD[:BUDGET][:layer=K]"
+                             "[:threshold=T], e.g. attention:0.25 or fastv:0.5:layer=2") from None
+        return cls(method, **options)
+
+    def describe(self) -> str:
+        """The spec `parse` reads back."""
+        parts = [self.method] + ([str(self.budget)] if self.method != "frame_difference" else [])
+        parts += [f"layer={self.layer}"] if self.layer is not None else []
+        parts += [f"threshold={self.threshold}"] if self.method == "frame_difference" else []
+        return ":".join(parts)
+
     def kept(self, num_tokens: int) -> int:
         """How many of a partition's `num_tokens` tokens survive ("attention", "merge", "fastv")."""
         if isinstance(self.budget, int):
@@ -217,6 +246,16 @@ def placeholder_drop_mask(is_image: torch.Tensor, full: list[int], kept: list[in
     drop = torch.zeros_like(is_image)
     drop[is_image] = ~keep
     return drop
+
+
+def kv_cache_bytes(cache: object) -> int:
+    """Bytes of the keys and values a DynamicCache or StaticCache holds (a static cache: its written positions)."""
+    total = 0
+    for layer, keys in cache.keys.items():
+        length = cache.get_seq_length(layer) if hasattr(cache, "lengths") else keys.shape[-2]
+        for tensor in (keys, cache.values[layer]):
+            total += tensor[..., :length, :].nelement() * tensor.element_size()
+    return total
 
 
 # ---------------------------------------------------------------------------------------------------
