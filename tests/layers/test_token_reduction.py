@@ -450,7 +450,8 @@ def test_attention_received_matches_hand_written_softmax():
 
     def rotate(t):
         first, second = t.chunk(2, dim=-1)
-        return t * torch.cat([cos, cos], -1)[:, None] + torch.cat([-second, first], -1) * torch.cat([sin, sin], -1)[:, None]
+        cos2, sin2 = torch.cat([cos, cos], -1)[:, None], torch.cat([sin, sin], -1)[:, None]
+        return t * cos2 + torch.cat([-second, first], -1) * sin2
 
     probs = (rotate(q) @ rotate(k).transpose(-1, -2) / 2.0).masked_fill(~mask, -math.inf).softmax(-1)
     assert_close(attention_received(attention, x, mask, (cos, sin), query=-1), probs[:, :, -1].mean(1), **TOL)

@@ -44,8 +44,9 @@ def _batch(model):
         input_ids[row, 30 - len(ids):] = ids
         attention_mask[row, 30 - len(ids):] = 1
     return dict(input_ids=input_ids, attention_mask=attention_mask,
-                pixel_values=torch.randn(32, patch, generator=generator), grid_sizes=torch.tensor([[1, 4, 6], [1, 2, 4]]),
-                merge_sizes=torch.tensor([1, 1]), modals=["image", "image"])
+                pixel_values=torch.randn(32, patch, generator=generator),
+                grid_sizes=torch.tensor([[1, 4, 6], [1, 2, 4]]), merge_sizes=torch.tensor([1, 1]),
+                modals=["image", "image"])
 
 
 def test_full_budget_reproduces_the_unreduced_logits_exactly(model):

@@ -117,8 +117,8 @@ class SmolVLM(ZooModel):
         tiles, real = self._real_tiles(pixel_values)
         grid = self.config.vision.patches_per_side // self.config.scale_factor
         frames_per_prompt = real.view(pixel_values.shape[:2]).sum(dim=1)
-        return frame_difference_keep(token_pixels(tiles.float(), grid), frames_per_prompt[frames_per_prompt > 0].tolist(),
-                                     token_reduction.threshold)
+        frames = frames_per_prompt[frames_per_prompt > 0].tolist()
+        return frame_difference_keep(token_pixels(tiles.float(), grid), frames, token_reduction.threshold)
 
     def token_reduction_counts(self, pixel_values: torch.Tensor, token_reduction: TokenReduction) -> list[int]:
         """How many `<image>` tokens each real tile keeps under a reduction before the LLM (from the pixels only)."""

@@ -36,6 +36,7 @@ from einops import rearrange
 import torch
 from torch import nn
 
+from zoo.backbones.llama import decoder_inputs
 from zoo.errors import InputError
 from zoo.layers.attention import padding_mask
 from zoo.layers.token_reduction import (
@@ -164,7 +165,7 @@ def captured_attention(attention: nn.Module, wanted: bool = True) -> Iterator[di
 
 
 def token_pixels(images: torch.Tensor, grid: int) -> torch.Tensor:
-    """The pixels under each token of a `grid` x `grid` token grid: images (T, C, S, S) -> (T, grid**2, C * (S/grid)**2)."""
+    """The pixels under each token of a `grid` x `grid` grid: images (T, C, S, S) -> (T, grid**2, C * (S/grid)**2)."""
     return rearrange(images, "t c (g1 h) (g2 w) -> t (g1 g2) (c h w)", g1=grid, g2=grid)
 
 
@@ -202,7 +203,8 @@ def reduce_partitions(
     grid = side // scale_factor
     if reduction.method in ("pool", "bilinear"):
         new = reduction.grid_side(grid) * scale_factor
-        tokens = resize_token_grid(tokens, (side, side), (new, new), "avg" if reduction.method == "pool" else "bilinear")
+        mode = "avg" if reduction.method == "pool" else "bilinear"
+        tokens = resize_token_grid(tokens, (side, side), (new, new), mode)
         return pixel_shuffle_tokens(tokens, scale_factor).flatten(0, 1)
     shuffled = pixel_shuffle_tokens(tokens, scale_factor)
     if reduction.method == "frame_difference":
@@ -293,8 +295,6 @@ def decoder_forward(
     keeps `reduction.kept(n)` of each row's n and runs layers K.. on the kept tokens at their original positions.
     A decoding step on a cache written that way uses the full mask in layers < K and the pruned one after.
     """
-    from zoo.backbones.llama import decoder_inputs
-
     state = pruned_layers(cache)
     if reduction is None and state is None:
         return model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
@@ -327,8 +327,7 @@ def decoder_forward(
         late_mask = None if bool(late.all()) else padding_mask(late)
     for index, block in enumerate(layers):
         if index == layer and state is None:
-            scores = attention_received(layers[index - 1].self_attn, previous_input, attn_mask,
-                                        tuple(t for t in rotary), query=-1)
+            scores = attention_received(layers[index - 1].self_attn, previous_input, attn_mask, rotary, query=-1)
             selection = select_tokens_by_attention(scores, candidates, budget, mask)
             x = selection.gather(x)
             rotary = tuple(selection.gather(t) for t in rotary)
