@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +86,7 @@ class BenchOptions:
     compile: bool = False
     flops: bool = True
     memory: bool = True
+    token_reduction: str | None = None  # a VLM's visual token reduction, as `TokenReduction.parse` reads it
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,6 +200,33 @@ def implementation_flops(impl: Implementation, task: str) -> dict[str, int]:
     return {next(iter(impl.calls)): count_call_flops(impl.forward)}
 
 
+def prefill_cache_bytes(model: nn.Module, inputs: dict[str, Any]) -> int | None:
+    """Bytes of the KV cache after the prompt's prefill (one forward into a DynamicCache); None for a model whose
+    forward takes no cache or brings its own."""
+    from zoo.layers.attention import DynamicCache
+    from zoo.vlm.token_reduction import kv_cache_bytes
+
+    if "cache" not in inspect.signature(model.forward).parameters or hasattr(model, "make_cache"):
+        return None
+    cache = DynamicCache()
+    with torch.inference_mode():
+        model(**inputs, cache=cache, logits_to_keep=1)
+    return kv_cache_bytes(cache)
+
+
+def _token_reduction(entry: ModelEntry, options: BenchOptions) -> Any:
+    if options.token_reduction is None:
+        return None
+    from zoo.vlm.token_reduction import TokenReduction
+
+    if entry.task != "vlm":
+        raise ConfigError(f"--token-reduction applies to vision-language models; {entry.name} is a {entry.task} model")
+    if options.compare:
+        raise ConfigError("--token-reduction is zoo's own; bench the unreduced model against --compare in a separate "
+                          "run (or use eval/benchmarks/token_reduction.py, which times every setting side by side)")
+    return TokenReduction.parse(options.token_reduction)
+
+
 # ---------------------------------------------------------------------------------------------------
 # the run
 
@@ -278,6 +307,9 @@ def _run_bench(options: BenchOptions, log: Callable[[str], None]) -> dict[str, A
     config = bench_config(entry, options)
     bench_input = make_inputs(entry, config, options.batch, options.input, device=device, seed=options.seed)
     inputs = to_device(bench_input.kwargs, device, dtype, channels_last=options.channels_last)
+    reduction = _token_reduction(entry, options)
+    if reduction is not None:
+        inputs = {**inputs, "token_reduction": reduction}
 
     log(f"zoo bench: building {entry.name}" + (f" and its {reference.label} reference" if reference else ""))
     torch.manual_seed(options.seed)
@@ -307,6 +339,8 @@ def _run_bench(options: BenchOptions, log: Callable[[str], None]) -> dict[str, A
         "channels_last": options.channels_last,
         "compile": options.compile,
         "new_tokens": options.new_tokens if entry.task in GENERATIVE_TASKS else None,
+        "token_reduction": None if reduction is None else reduction.describe(),
+        "kv_cache_bytes": prefill_cache_bytes(model, inputs) if entry.task in GENERATIVE_TASKS else None,
         "machine": machine_info(device),
         "reference": None,
     }

@@ -64,6 +64,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--token-reduction", metavar="SPEC",
+                        help="a VLM's visual token reduction, METHOD[:BUDGET][:layer=K][:threshold=T]: pool, bilinear, "
+                             "attention, merge, frame_difference or fastv, e.g. attention:0.25 or fastv:0.5:layer=2")
     parser.add_argument("--micro", metavar="NAME", help="run a layer micro-benchmark instead: attention or ssm")
     parser.add_argument("--readme", nargs="?", const=str(README), metavar="README",
                         help="rewrite the README's bench table from --results (after the run, if a model is given)")
@@ -110,7 +113,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
         input=args.input, layers=args.layers, model_options=json_option("--model-options", args.model_options),
         threads=args.threads, repeats=args.repeats, warmup=args.warmup, budget_s=args.budget,
         new_tokens=args.new_tokens, seed=args.seed, channels_last=args.channels_last, compile=args.compile,
-        flops=not args.no_flops, memory=not args.no_memory,
+        flops=not args.no_flops, memory=not args.no_memory, token_reduction=args.token_reduction,
     )
     if args.model:
         names = [args.model]

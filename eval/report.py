@@ -60,6 +60,9 @@ def format_record(record: dict[str, Any]) -> str:
            else "")
         + f" | input: {record['input']}" + (f" | {record['new_tokens']} new tokens" if record.get("new_tokens") else ""),
     ]
+    if record.get("token_reduction") or record.get("kv_cache_bytes"):
+        lines.append(f"token reduction: {record.get('token_reduction') or 'none'} | KV cache after the prefill: "
+                     f"{(record.get('kv_cache_bytes') or 0) / 2**20:.3f} MiB")
     if reference:
         parity = (f"parity: max |zoo - {reference['name']}| = {reference['max_abs_diff']:.2e} "
                   f"(outputs up to {reference['max_abs_output']:.2e})")

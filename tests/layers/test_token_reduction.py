@@ -3,10 +3,13 @@ down-sampling, frame-difference pruning (Hulu-Med semantics, checked against tra
 /255 accounted for), ToMe merging against an O(N^2) reference, LLaVA-Mini's query compressor against a hand-written
 composition with nn.MultiheadAttention, and FastV-style top-k selection."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -14,14 +17,19 @@ from torch.testing import assert_close
 
 from zoo.layers.token_reduction import (
     QueryCompressor,
+    attention_received,
     bipartite_soft_matching,
     downsample_token_grid,
     frame_difference_mask,
+    keep_top_tokens,
+    merge_tokens,
     pixel_shuffle_tokens,
+    resize_token_grid,
     select_tokens_by_attention,
 )
 
 EXACT = dict(rtol=0, atol=0)
+TOL = dict(rtol=1e-5, atol=1e-6)
 FAST = settings(max_examples=25, deadline=None)
 
 
@@ -380,3 +388,72 @@ def test_selection_empty_candidates_keeps_everything():
     assert selection.indices.tolist() == [list(range(7))]
     assert selection.attention_mask.all()
     assert selection.position_ids.tolist() == [list(range(7))]
+
+
+def test_selection_takes_a_budget_per_row():
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.9, 0.0], [0.3, 0.2, 0.1, 0.4, 0.0]])
+    candidates = torch.tensor([[0, 1, 1, 1, 0], [0, 1, 1, 1, 0]], dtype=torch.bool)
+    selection = select_tokens_by_attention(scores, candidates, torch.tensor([2, 0]))
+    assert selection.indices[0].tolist() == [0, 1, 3, 4]
+    assert selection.indices[1, -2:].tolist() == [0, 4]
+    assert selection.attention_mask.tolist() == [[True] * 4, [False, False, True, True]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Before-LLM reduction helpers: grid resizing, top-k dropping, merging to a count, attention received
+
+
+def test_resize_token_grid_pools_like_torch_and_keeps_a_same_size_grid():
+    x = torch.randn(2, 6 * 4, 5)
+    grid = rearrange(x, "b (h w) d -> b d h w", h=6)
+    expected = rearrange(F.avg_pool2d(grid, 2), "b d h w -> b (h w) d")
+    assert_close(resize_token_grid(x, (6, 4), (3, 2)), expected, rtol=1e-6, atol=1e-6)
+    expected = rearrange(F.interpolate(grid, size=(4, 3), mode="bilinear"), "b d h w -> b (h w) d")
+    assert_close(resize_token_grid(x, (6, 4), (4, 3), "bilinear"), expected, **EXACT)
+    assert resize_token_grid(x, (6, 4), (6, 4)) is x
+    with pytest.raises(ValueError, match="mode must be 'avg' or 'bilinear'"):
+        resize_token_grid(x, (6, 4), (3, 2), "nearest")
+
+
+def test_keep_top_tokens_keeps_order_and_errors():
+    x = torch.arange(10.0).view(1, 5, 2)
+    kept, indices = keep_top_tokens(x, torch.tensor([[0.3, 0.1, 0.9, 0.3, 0.5]]), 3)
+    assert indices.tolist() == [[0, 2, 4]]
+    assert kept.tolist() == [[[0.0, 1.0], [4.0, 5.0], [8.0, 9.0]]]
+    with pytest.raises(ValueError, match=r"keeps 1..N=5 tokens, got k=6"):
+        keep_top_tokens(x, torch.zeros(1, 5), 6)
+
+
+@pytest.mark.parametrize("n,k", [(16, 4), (9, 1), (7, 7), (12, 5)])
+def test_merge_tokens_reaches_the_count_and_keeps_the_size_weighted_sum(n, k):
+    torch.manual_seed(n + k)
+    x = torch.randn(3, n, 6)
+    merged, sizes = merge_tokens(x, k)
+    assert merged.shape == (3, k, 6) and sizes.shape == (3, k)
+    assert_close(sizes.sum(1), torch.full((3,), float(n)))
+    assert_close((merged * sizes[..., None]).sum(1), x.sum(1), rtol=1e-5, atol=1e-5)
+    if k == n:
+        assert_close(merged, x, **EXACT)
+
+
+def test_attention_received_matches_hand_written_softmax():
+    from zoo.layers.attention import Attention
+    from zoo.layers.rotary import RotaryEmbedding
+
+    torch.manual_seed(0)
+    attention = Attention(16, 4, 2, qkv_bias=True)
+    x = torch.randn(2, 6, 16)
+    cos, sin = RotaryEmbedding(4, 10000.0)(torch.arange(6).expand(2, -1))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]], dtype=torch.bool)[:, None, None, :]
+    q = rearrange(attention.q_proj(x), "b l (h d) -> b h l d", h=4)
+    k = rearrange(attention.k_proj(x), "b l (h d) -> b h l d", h=2).repeat_interleave(2, dim=1)
+
+    def rotate(t):
+        first, second = t.chunk(2, dim=-1)
+        cos2, sin2 = torch.cat([cos, cos], -1)[:, None], torch.cat([sin, sin], -1)[:, None]
+        return t * cos2 + torch.cat([-second, first], -1) * sin2
+
+    probs = (rotate(q) @ rotate(k).transpose(-1, -2) / 2.0).masked_fill(~mask, -math.inf).softmax(-1)
+    assert_close(attention_received(attention, x, mask, (cos, sin), query=-1), probs[:, :, -1].mean(1), **TOL)
+    plain = (q @ k.transpose(-1, -2) / 2.0).softmax(-1).mean(dim=(1, 2))
+    assert_close(attention_received(attention, x), plain, **TOL)

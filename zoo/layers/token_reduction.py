@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from zoo.layers.rotary import apply_rotary
+
 
 def pixel_shuffle_tokens(x: Tensor, scale_factor: int) -> Tensor:
     """Space-to-depth on a square grid of tokens, as in the SmolVLM / Idefics3 connector.
@@ -249,12 +251,13 @@ class TokenSelection:
 def select_tokens_by_attention(
     attention: Tensor,
     candidates: Tensor,
-    budget: int,
+    budget: int | Tensor,
     attention_mask: Tensor | None = None,
     position_ids: Tensor | None = None,
 ) -> TokenSelection:
     """FastV-style pruning: keeps the `budget` candidate tokens that receive the most attention, and every other token.
 
+    `budget` is one count for every row or a (B,) tensor of counts, one per row.
     `attention` is attention probabilities (B, heads, Lq, L), averaged over heads and queries (pass
     `attention[:, :, -1:]` to rank by the last query only), or per-token scores (B, L). `candidates` (B, L) marks the
     tokens that may be dropped, e.g. image tokens. Padding in `attention_mask` (B, L) is never a candidate and stays
@@ -282,9 +285,12 @@ def select_tokens_by_attention(
     if position_ids is None:
         position_ids = torch.arange(length, device=scores.device).expand(batch, -1)
 
-    top = scores.masked_fill(~candidates, -math.inf).topk(max(0, min(budget, length)), dim=-1).indices
+    budget = torch.as_tensor(budget, device=scores.device).expand(batch)
+    largest = max(0, min(int(budget.max()), length)) if batch else 0
+    order = scores.masked_fill(~candidates, -math.inf).topk(largest, dim=-1).indices
     # top-k may reach non-candidates in rows with fewer than `budget` candidates; those are kept anyway
-    keep = (~candidates).scatter(1, top, True)
+    in_budget = torch.arange(largest, device=scores.device) < budget.unsqueeze(1)
+    keep = (~candidates).scatter(1, order, in_budget) | ~candidates
     num_kept = keep.sum(dim=1)
     kept_length = int(num_kept.max())
     dropped_first = keep.to(torch.int8).argsort(dim=1, stable=True)
@@ -295,3 +301,85 @@ def select_tokens_by_attention(
         attention_mask=in_row & valid.gather(1, indices),
         position_ids=position_ids.gather(1, indices),
     )
+
+
+def attention_received(
+    attention: nn.Module,
+    x: Tensor,
+    attn_mask: Tensor | None = None,
+    rotary: tuple[Tensor, Tensor] | None = None,
+    query: int | None = None,
+) -> Tensor:
+    """How much attention each token receives in one `zoo.layers.attention.Attention` layer: (B, L) in fp32.
+
+    x (B, L, dim) is the layer's input (after its pre-norm); attn_mask (bool, broadcastable to (B, 1, Lq, L)) and
+    rotary as the layer takes them. The softmax probabilities are averaged over heads and over every query, or taken
+    from the one query at index `query` (e.g. -1: the last token, which in a causal model sees every key).
+    Bidirectional attention only when `query` is None (the vision encoders').
+    """
+    q = attention.q_norm(attention.q_proj(x if query is None else x[:, query:][:, :1]))
+    k = attention.k_norm(attention.k_proj(x))
+    q, k = (rearrange(t, "b l (h d) -> b h l d", d=attention.head_dim) for t in (q, k))
+    if rotary is not None:
+        cos, sin = rotary
+        q_rotary = (cos, sin) if query is None else (cos[:, query:][:, :1], sin[:, query:][:, :1])
+        q = apply_rotary(q, *q_rotary, interleaved=attention.rotary_interleaved)
+        k = apply_rotary(k, *rotary, interleaved=attention.rotary_interleaved)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * attention.head_dim**-0.5
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask[..., -1:, :] if query is not None else ~attn_mask, -math.inf)
+    return scores.softmax(dim=-1).nan_to_num(0.0).mean(dim=(1, 2))
+
+
+def resize_token_grid(x: Tensor, grid_size: tuple[int, int], new_size: tuple[int, int], mode: str = "avg") -> Tensor:
+    """An h x w grid of tokens (B, h*w, D) resized to `new_size`: "avg" (adaptive average pooling, the regions of
+    `F.adaptive_avg_pool2d`) or "bilinear" (`F.interpolate`, no antialiasing, half-pixel centres). -> (B, h'*w', D)."""
+    height, width = grid_size
+    if x.dim() != 3 or x.shape[1] != height * width:
+        raise ValueError(f"resize_token_grid expects tokens of shape (B, h*w={height * width}, D) for grid "
+                         f"{grid_size}, got {tuple(x.shape)}")
+    if tuple(new_size) == (height, width):
+        return x
+    grid = rearrange(x, "b (h w) d -> b d h w", h=height)
+    if mode == "avg":
+        grid = F.adaptive_avg_pool2d(grid.float(), new_size).to(x.dtype)
+    elif mode == "bilinear":
+        grid = F.interpolate(grid, size=tuple(new_size), mode="bilinear", align_corners=False)
+    else:
+        raise ValueError(f"resize_token_grid mode must be 'avg' or 'bilinear', got {mode!r}")
+    return rearrange(grid, "b d h w -> b (h w) d")
+
+
+def keep_top_tokens(x: Tensor, scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """HiRED-style dropping: the `k` tokens of each row with the highest scores, in their input order.
+
+    x (B, N, D), scores (B, N) -> tokens (B, k, D) and their indices (B, k), ascending. Ties go to the earlier token.
+    """
+    if x.dim() != 3 or scores.shape != x.shape[:2]:
+        raise ValueError(f"keep_top_tokens expects tokens (B, N, D) and scores (B, N), got {tuple(x.shape)} and "
+                         f"{tuple(scores.shape)}")
+    if not 0 < k <= x.shape[1]:
+        raise ValueError(f"keep_top_tokens keeps 1..N={x.shape[1]} tokens, got k={k}")
+    order = scores.float().argsort(dim=-1, descending=True, stable=True)[:, :k]
+    indices = order.sort(dim=-1).values
+    return x.gather(1, indices.unsqueeze(-1).expand(-1, -1, x.shape[-1])), indices
+
+
+def merge_tokens(x: Tensor, k: int, metric: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """ToMe-style merging of each row of x (B, N, D) down to `k` tokens by rounds of `bipartite_soft_matching`
+    (one round removes at most half), size-weighted so a merged token is the mean of the tokens it stands for.
+
+    `metric` (B, N, C) is what similarity is measured on (default: x). Returns (B, k, D) and the sizes (B, k).
+    """
+    if x.dim() != 3:
+        raise ValueError(f"merge_tokens expects tokens of shape (B, N, D), got {tuple(x.shape)}")
+    if not 0 < k <= x.shape[1]:
+        raise ValueError(f"merge_tokens keeps 1..N={x.shape[1]} tokens, got k={k}")
+    sizes = None
+    while x.shape[1] > k:
+        merge = bipartite_soft_matching(x if metric is None else metric, x.shape[1] - k)
+        if metric is not None:
+            metric, _ = merge.merge(metric, sizes)
+        x, sizes = merge.merge(x, sizes)
+    return x, torch.ones(x.shape[:2], device=x.device) if sizes is None else sizes

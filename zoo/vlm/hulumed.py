@@ -36,6 +36,7 @@ from zoo.errors import CheckpointError, ConfigError, InputError
 from zoo.layers.attention import DynamicCache, StaticCache
 from zoo.layers.token_reduction import frame_difference_mask
 from zoo.modeling import ZooModel
+from zoo.vlm.token_reduction import TokenReduction, as_reduction, decoder_forward
 from zoo.registry import (
     Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model, rename_keys,
 )
@@ -231,11 +232,17 @@ class HuluMed(ZooModel):
         position_ids: torch.Tensor | None = None,
         cache: DynamicCache | StaticCache | None = None,
         logits_to_keep: int = 0,
+        token_reduction: TokenReduction | None = None,
     ) -> torch.Tensor:
         """input_ids (B, L) with one `<image>` per merged token; pixel_values (total patches, 3*14*14) in merge-block
         order with grid_sizes (n, 3) = (t, h, w) in patches, merge_sizes (n,) and modals (n,) as the processor gives
         them. Returns logits (B, L', vocab) over the sequence after token reduction (see `prepare_inputs`, which
-        also gives the matching labels). position_ids, cache, logits_to_keep: as in LlamaModel / generation."""
+        also gives the matching labels). position_ids, cache, logits_to_keep: as in LlamaModel / generation.
+        token_reduction: "fastv" prunes the `<image>` tokens inside the decoder (see `zoo.vlm.token_reduction`; the
+        logits then cover the pruned sequence); the other methods are not wired into Hulu-Med yet."""
+        token_reduction = as_reduction(token_reduction)
+        if token_reduction is not None:
+            token_reduction.check_family("Hulu-Med", ("fastv",))
         prepared = self.prepare_inputs(input_ids, attention_mask, None, pixel_values, grid_sizes, merge_sizes, modals)
         input_ids, attention_mask = prepared.input_ids, prepared.attention_mask
         embeds = self.model.embed_tokens(input_ids)
@@ -246,8 +253,8 @@ class HuluMed(ZooModel):
             embeds = embeds.masked_scatter(is_image, features)
         if prepared.pruned:
             position_ids = None if attention_mask is None else (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                            cache=cache)
+        is_image = input_ids == self.config.image_token_index
+        hidden, _ = decoder_forward(self.model, embeds, attention_mask, position_ids, cache, token_reduction, is_image)
         return lm_logits(self.lm_head, hidden, logits_to_keep)
 
     def generate(
@@ -262,6 +269,7 @@ class HuluMed(ZooModel):
     ) -> torch.Tensor:
         """The new tokens (B, new) only, as the original's generate returns them (the prompt is pruned first);
         options as in `zoo.backbones.generation.generate`. Left-pad batches of several prompts."""
+        as_reduction(kwargs.get("token_reduction"), kwargs)
         prepared = self.prepare_inputs(input_ids, attention_mask, None, pixel_values, grid_sizes, merge_sizes, modals)
         if pixel_values is not None:
             kwargs.update(pixel_values=pixel_values, grid_sizes=grid_sizes, merge_sizes=merge_sizes, modals=modals)

@@ -32,8 +32,9 @@ from zoo.backbones.llama import LlamaConfig, LlamaDecoderLayer, LlamaModel, llam
 from zoo.config import PositiveInt, ZooConfig
 from zoo.errors import CheckpointError, ConfigError, HubError, InputError
 from zoo.layers.attention import DynamicCache, StaticCache, padding_mask
-from zoo.layers.token_reduction import QueryCompressor
+from zoo.layers.token_reduction import QueryCompressor, attention_received
 from zoo.modeling import ZooModel
+from zoo.vlm.token_reduction import TokenReduction, as_reduction, captured_attention, reduce_partitions
 from zoo.registry import (
     Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, get_entry, list_models, register_family,
     register_model, rename_keys,
@@ -160,25 +161,40 @@ class LlavaMini(ZooModel):
                              f"got {channels} x {height} x {width}; resize them with the LLaVA-Mini processor")
         return images
 
-    def encode_images(self, images: torch.Tensor, input_ids: torch.Tensor,
-                      labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_images(self, images: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                      token_reduction: TokenReduction | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One image (or frame) per prompt, (B, P, 3, S, S), with the prompts' ids (B, L) -> the pre-fused compressed
-        tokens (B, c^2, D) and the pre-fused text (B, L, D) (raw embeddings where the text is masked)."""
+        tokens (B, c^2, D) and the pre-fused text (B, L, D) (raw embeddings where the text is masked).
+
+        token_reduction (before the LLM) reduces each part's patch tokens that pre-fusion reads, ranking them by the
+        class token's attention for "attention"; the compressor still reads them all."""
         config = self.config
         batch_size, parts = images.shape[:2]
         grid = config.grid
-        features = self.vision_tower.select_features(images.flatten(0, 1), config.mm_vision_select_layer,
-                                                     config.mm_vision_select_feature)
+        layers = self.vision_tower.encoder.layers
+        last_attention = layers[config.mm_vision_select_layer % (len(layers) + 1) - 1].self_attn
+        ranked = token_reduction is not None and token_reduction.method == "attention"
+        with captured_attention(last_attention, ranked) as captured:
+            features = self.vision_tower.select_features(images.flatten(0, 1), config.mm_vision_select_layer,
+                                                         config.mm_vision_select_feature)
+        scores = attention_received(last_attention, captured["x"], query=0)[:, 1:] if ranked else None
         features = rearrange(features, "(b p) n d -> b p n d", b=batch_size)
         if parts == 1:
             full = features[:, 0]
             compressed = self.compressor(full, key_grid=(grid, grid))
-            visual = self.mm_projector(full)
+            visual = self.mm_projector(self._reduce(full, token_reduction, scores))
         else:
             n = config.resolution_ratio
             crops = rearrange(features[:, :-1], "b (i j) (h w) d -> b (i h j w) d", i=n, h=grid)
             compressed = self.compressor(crops, key_grid=(n * grid, n * grid))
-            visual = self.mm_projector(torch.cat([crops, features[:, -1]], dim=1))
+            if scores is not None:
+                scores = rearrange(scores, "(b p) n -> b p n", b=batch_size)
+                crop_scores = rearrange(scores[:, :-1], "b (i j) (h w) -> b (i h j w)", i=n, h=grid)
+                scores = (crop_scores, scores[:, -1])
+            visual = self.mm_projector(torch.cat([
+                self._reduce(crops, token_reduction, None if scores is None else scores[0]),
+                self._reduce(features[:, -1], token_reduction, None if scores is None else scores[1]),
+            ], dim=1))
         compressed = self.mm_projector(compressed)
 
         text = self.language_model.embed_tokens(input_ids.clamp(min=0)).detach()
@@ -195,6 +211,25 @@ class LlavaMini(ZooModel):
         fused_text = torch.where(text_masked[..., None], text.to(x.dtype), x[:, -length:])
         return x[:, -length - queries:-length], fused_text
 
+    @staticmethod
+    def _check_reduction(token_reduction: TokenReduction | None) -> TokenReduction | None:
+        token_reduction = as_reduction(token_reduction)
+        if token_reduction is not None and token_reduction.method == "fastv":
+            raise InputError("token reduction 'fastv' does not apply to LLaVA-Mini: its LLM sees one compressed "
+                             "token per image (c^2); reduce the tokens pre-fusion reads (pool, bilinear, attention, "
+                             "merge) instead")
+        if token_reduction is not None:
+            token_reduction.check_family("LLaVA-Mini", ("pool", "bilinear", "attention", "merge"))
+        return token_reduction
+
+    @staticmethod
+    def _reduce(tokens: torch.Tensor, token_reduction: TokenReduction | None,
+                scores: torch.Tensor | None) -> torch.Tensor:
+        """One partition per row (B, side**2, D) (an image, or the stitched crops) -> (B, kept, D)."""
+        if token_reduction is None:
+            return tokens
+        return reduce_partitions(tokens, token_reduction, scores=scores).view(tokens.shape[0], -1, tokens.shape[-1])
+
     def prepare_inputs_embeds(
         self,
         input_ids: torch.Tensor,
@@ -202,10 +237,13 @@ class LlavaMini(ZooModel):
         images: torch.Tensor,
         labels: torch.Tensor | None = None,
         padding_side: Literal["right", "left"] = "right",
+        token_reduction: TokenReduction | None = None,
     ) -> MultimodalInputs:
         """The LLM's inputs for prompts (B, L) holding at most one placeholder -200 each: the pre-fused text without
         its padding (attention_mask 0), the placeholder replaced by the image's (or video's) tokens, re-padded on
-        `padding_side` with positions 0..n-1. `labels` (B, L) follow the same way (the vision tokens get -100)."""
+        `padding_side` with positions 0..n-1. `labels` (B, L) follow the same way (the vision tokens get -100).
+        token_reduction: see `encode_images` and `zoo.vlm.token_reduction` (before the LLM only)."""
+        token_reduction = self._check_reduction(token_reduction)
         if input_ids.ndim != 2:
             raise InputError(f"input_ids must be (B, L), got {tuple(input_ids.shape)}")
         if input_ids.shape[0] == 0:
@@ -225,9 +263,9 @@ class LlavaMini(ZooModel):
 
         frames = images.shape[1]
         if frames == 1:
-            vision_tokens, text = self.encode_images(images[:, 0], input_ids, labels)
+            vision_tokens, text = self.encode_images(images[:, 0], input_ids, labels, token_reduction)
         else:
-            outputs = [self.encode_images(images[:, t], input_ids, labels) for t in range(frames)]
+            outputs = [self.encode_images(images[:, t], input_ids, labels, token_reduction) for t in range(frames)]
             vision_tokens = torch.cat([tokens for tokens, _ in outputs], dim=1)
             text = (sum(fused.float() for _, fused in outputs) / frames).to(outputs[0][1].dtype)
 
@@ -273,15 +311,19 @@ class LlavaMini(ZooModel):
         cache: DynamicCache | StaticCache | None = None,
         logits_to_keep: int = 0,
         inputs_embeds: torch.Tensor | None = None,
+        token_reduction: TokenReduction | None = None,
     ) -> torch.Tensor:
         """Logits (B, n or k, vocab). With `images`, the multimodal sequence of `prepare_inputs_embeds` (n tokens,
         right-padded; its attention mask and positions replace the given ones); without, the plain LLM on
-        `input_ids` or `inputs_embeds`, as are one-token decoding steps. logits_to_keep=k > 0: the last k only."""
+        `input_ids` or `inputs_embeds`, as are one-token decoding steps. logits_to_keep=k > 0: the last k only.
+        token_reduction: of the visual tokens pre-fusion reads (see `encode_images`)."""
+        token_reduction = self._check_reduction(token_reduction)
         if inputs_embeds is None:
             if input_ids is None:
                 raise InputError("pass input_ids (B, L), or inputs_embeds (B, L, hidden_size)")
             if images is not None and input_ids.shape[1] != 1:
-                prepared = self.prepare_inputs_embeds(input_ids, attention_mask, images)
+                prepared = self.prepare_inputs_embeds(input_ids, attention_mask, images,
+                                                      token_reduction=token_reduction)
                 inputs_embeds, attention_mask = prepared.inputs_embeds, prepared.attention_mask
                 position_ids, input_ids = prepared.position_ids, None
             elif bool((input_ids < 0).any()):
@@ -294,11 +336,14 @@ class LlavaMini(ZooModel):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  images: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Prompt ids (B, L) followed by the new tokens (B, L + new); see `zoo.backbones.generation.generate` for the
-        options. The multimodal prefix is built once (left-padded) and decoding continues from its cache."""
+        options. The multimodal prefix is built once (left-padded) and decoding continues from its cache.
+        token_reduction: see `encode_images`."""
+        token_reduction = self._check_reduction(kwargs.pop("token_reduction", None))
         if images is None:
             return generate(self, input_ids, attention_mask, **kwargs)
         with torch.inference_mode():
-            prepared = self.prepare_inputs_embeds(input_ids, attention_mask, images, padding_side="left")
+            prepared = self.prepare_inputs_embeds(input_ids, attention_mask, images, padding_side="left",
+                                                  token_reduction=token_reduction)
         stand_in = torch.zeros_like(prepared.attention_mask, dtype=torch.long)
         output = generate(self, stand_in, prepared.attention_mask, inputs_embeds=prepared.inputs_embeds, **kwargs)
         return torch.cat([input_ids, output[:, stand_in.shape[1]:]], dim=1)

@@ -20,8 +20,12 @@ from zoo.backbones.siglip import SiglipVisionConfig, SiglipVisionTransformer, si
 from zoo.config import NonNegativeInt, PositiveInt, ZooConfig
 from zoo.errors import ConfigError
 from zoo.layers.attention import DynamicCache, StaticCache
-from zoo.layers.token_reduction import pixel_shuffle_tokens
+from zoo.layers.token_reduction import attention_received, pixel_shuffle_tokens
 from zoo.modeling import ZooModel
+from zoo.vlm.token_reduction import (
+    BEFORE_LLM, TokenReduction, as_reduction, captured_attention, decoder_forward, frame_difference_keep,
+    partition_counts, placeholder_drop_mask, reduce_partitions, shorten_prompt, token_pixels,
+)
 from zoo.registry import (
     Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model, rename_keys,
 )
@@ -73,25 +77,65 @@ class SmolVLM(ZooModel):
     def fsdp_units(self) -> list[nn.Module]:
         return [*self.vision_model.encoder.layers, *self.text_model.layers]
 
-    def image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Tiles (B, N, 3, S, S) with pixel masks (B, N, S, S) -> features (tiles * image_seq_len, hidden).
+    def image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None,
+                       token_reduction: TokenReduction | None = None) -> torch.Tensor:
+        """Tiles (B, N, 3, S, S) with pixel masks (B, N, S, S) -> features (tiles * image_seq_len, hidden), or the
+        `token_reduction_counts` of each tile with a reduction before the LLM.
 
         All-zero tiles are batch padding and are skipped (unless no tile is real, when the first is kept).
         """
-        if pixel_values.ndim != 5:
-            raise ValueError(f"pixel_values must be (B, num_tiles, 3, H, W), got {tuple(pixel_values.shape)}")
-        tiles = pixel_values.flatten(0, 1)
-        real = tiles.flatten(1).ne(0).any(dim=1)
-        real[:1] |= ~real.any()  # a slice: an empty batch has no tile 0
-        tiles = tiles[real]
+        tiles, real = self._real_tiles(pixel_values)
         p = self.config.vision.patch_size
         if pixel_attention_mask is None:
             patch_mask = None
         else:
             pixel_mask = pixel_attention_mask.flatten(0, 1)[real].bool()
             patch_mask = pixel_mask.unfold(1, p, p).unfold(2, p, p).any(dim=(-1, -2))
-        tokens = self.vision_model(tiles, patch_mask)
-        return self.connector(pixel_shuffle_tokens(tokens, self.config.scale_factor)).flatten(0, 1)
+        reduce = token_reduction is not None and token_reduction.method in BEFORE_LLM
+        last_attention = self.vision_model.encoder.layers[-1].self_attn
+        with captured_attention(last_attention, reduce and token_reduction.method == "attention") as captured:
+            tokens = self.vision_model(tiles, patch_mask)
+        if not reduce:
+            return self.connector(pixel_shuffle_tokens(tokens, self.config.scale_factor)).flatten(0, 1)
+        scores = attention_received(last_attention, captured["x"], captured["attn_mask"]) if captured else None
+        frame_keep = self._frame_keep(pixel_values, token_reduction)
+        return self.connector(reduce_partitions(tokens, token_reduction, self.config.scale_factor, scores, frame_keep))
+
+    def _real_tiles(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if pixel_values.ndim != 5:
+            raise ValueError(f"pixel_values must be (B, num_tiles, 3, H, W), got {tuple(pixel_values.shape)}")
+        tiles = pixel_values.flatten(0, 1)
+        real = tiles.flatten(1).ne(0).any(dim=1)
+        real[:1] |= ~real.any()  # a slice: an empty batch has no tile 0
+        return tiles[real], real
+
+    def _frame_keep(self, pixel_values: torch.Tensor, token_reduction: TokenReduction) -> torch.Tensor | None:
+        """frame_difference: the surviving tokens (tiles, image_seq_len) of the real tiles, each prompt's tiles being
+        the frames of its video."""
+        if token_reduction.method != "frame_difference":
+            return None
+        tiles, real = self._real_tiles(pixel_values)
+        grid = self.config.vision.patches_per_side // self.config.scale_factor
+        frames_per_prompt = real.view(pixel_values.shape[:2]).sum(dim=1)
+        frames = frames_per_prompt[frames_per_prompt > 0].tolist()
+        return frame_difference_keep(token_pixels(tiles.float(), grid), frames, token_reduction.threshold)
+
+    def token_reduction_counts(self, pixel_values: torch.Tensor, token_reduction: TokenReduction) -> list[int]:
+        """How many `<image>` tokens each real tile keeps under a reduction before the LLM (from the pixels only)."""
+        grid = self.config.vision.patches_per_side // self.config.scale_factor
+        return partition_counts(token_reduction, int(self._real_tiles(pixel_values)[1].sum()), grid,
+                                self._frame_keep(pixel_values, token_reduction))
+
+    def _reduce_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pixel_values: torch.Tensor,
+                       token_reduction: TokenReduction) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """The prompt without the `<image>` tokens a reduction before the LLM drops (each tile keeps its first ones);
+        a prompt already reduced passes unchanged. Returns ids, mask and whether it was shortened."""
+        counts = self.token_reduction_counts(pixel_values, token_reduction)
+        is_image = input_ids == self.config.image_token_id
+        if int(is_image.sum()) != len(counts) * self.config.image_seq_len or sum(counts) == int(is_image.sum()):
+            return input_ids, attention_mask, False
+        drop = placeholder_drop_mask(is_image, [self.config.image_seq_len] * len(counts), counts)
+        return (*shorten_prompt(input_ids, attention_mask, drop, self.config.pad_token_id), True)
 
     def forward(
         self,
@@ -102,33 +146,47 @@ class SmolVLM(ZooModel):
         position_ids: torch.Tensor | None = None,
         cache: DynamicCache | StaticCache | None = None,
         logits_to_keep: int = 0,
+        token_reduction: TokenReduction | None = None,
     ) -> torch.Tensor:
         """input_ids (B, L) with `image_seq_len` `<image>` tokens per tile; pixel_values (B, N, 3, S, S).
 
         attention_mask (B, past + L), position_ids (B, L), cache: as in LlamaModel. logits_to_keep=k > 0
-        computes logits for the last k positions only (generation needs 1). Returns (B, L or k, vocab).
+        computes logits for the last k positions only (generation needs 1). token_reduction: see
+        `zoo.vlm.token_reduction` (the logits then cover the shortened sequence). Returns (B, L or k, vocab).
         """
+        token_reduction = as_reduction(token_reduction)
+        if token_reduction is not None and pixel_values is not None and token_reduction.method in BEFORE_LLM:
+            input_ids, attention_mask, shortened = self._reduce_prompt(input_ids, attention_mask, pixel_values,
+                                                                       token_reduction)
+            if shortened:
+                position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         embeds = self.text_model.embed_tokens(input_ids)
+        is_image = input_ids == self.config.image_token_id
         if pixel_values is not None:
-            features = self.image_features(pixel_values, pixel_attention_mask).to(embeds.dtype)
-            is_image = input_ids == self.config.image_token_id
+            features = self.image_features(pixel_values, pixel_attention_mask, token_reduction).to(embeds.dtype)
             if int(is_image.sum()) != features.shape[0]:
                 raise ValueError(
                     f"the prompt has {int(is_image.sum())} <image> tokens but the images give {features.shape[0]} "
                     f"features ({self.config.image_seq_len} per tile); build prompts with the SmolVLM processor"
                 )
             embeds = embeds.masked_scatter(is_image[..., None], features)
-        hidden = self.text_model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
-                                 cache=cache)
+        fastv = token_reduction if token_reduction is not None and token_reduction.method == "fastv" else None
+        hidden, _ = decoder_forward(self.text_model, embeds, attention_mask, position_ids, cache, fastv, is_image)
         return lm_logits(self.lm_head, hidden, logits_to_keep)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Greedy or sampled decoding; see `zoo.backbones.generation.generate` for the options.
 
-        Pass `pixel_values` / `pixel_attention_mask` from the processor as keyword arguments.
+        Pass `pixel_values` / `pixel_attention_mask` from the processor as keyword arguments, and optionally
+        `token_reduction` (a `zoo.vlm.TokenReduction`); the prompt comes back whole, followed by the new tokens.
         """
         kwargs.setdefault("pad_token_id", self.config.pad_token_id)
-        return generate(self, input_ids, attention_mask, **kwargs)
+        reduction = as_reduction(kwargs.get("token_reduction"), kwargs)
+        if reduction is None or reduction.method not in BEFORE_LLM or kwargs.get("pixel_values") is None:
+            return generate(self, input_ids, attention_mask, **kwargs)
+        short_ids, short_mask, _ = self._reduce_prompt(input_ids, attention_mask, kwargs["pixel_values"], reduction)
+        output = generate(self, short_ids, short_mask, **kwargs)
+        return torch.cat([input_ids, output[:, short_ids.shape[1]:]], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------------
