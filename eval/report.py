@@ -169,19 +169,23 @@ def _json_default(value: Any) -> Any:
 
 
 def load_records(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Records from result JSON files, or from every *.json in the folders given."""
-    files: list[Path] = []
+    """Records from result JSON files, or from every *.json in the folders given that holds `zoo bench` records
+    (the family benchmarks in eval/benchmarks write their own JSON beside them)."""
+    files: list[tuple[Path, bool]] = []
     for path in map(Path, paths):
         if path.is_dir():
-            files += sorted(path.glob("*.json"))
+            files += [(file, False) for file in sorted(path.glob("*.json"))]
         elif path.is_file():
-            files.append(path)
+            files.append((path, True))
         else:
             raise InputError(f"{path} is neither a results file nor a folder of them")
     records = []
-    for file in files:
+    for file, named in files:
         try:
-            records += json.loads(file.read_text())["records"]
+            content = json.loads(file.read_text())
+            if not named and not (isinstance(content, dict) and "records" in content):
+                continue
+            records += content["records"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise InputError(f"{file} is not a zoo bench results file ({error})") from error
     return records

@@ -182,8 +182,10 @@ def test_readme_table_from_records(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     (results / "r.json").write_text(json.dumps({"records": [record]}))
+    (results / "family-benchmark.json").write_text(json.dumps({"flops": {"256": 1.0}}))  # another benchmark's output
     assert main(["bench", "--readme", str(readme), "--results", str(results)]) == 0
     assert readme.read_text() == text
+    assert main(["bench", "--readme", str(readme), "--results", str(results / "family-benchmark.json")]) == 2
 
 
 @pytest.mark.parametrize("model, reference_class", [
