@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +290,56 @@ def load_state_dict(path: str | Path, patterns: Sequence[str] = ()) -> dict[str,
             raise CheckpointError(f"Key(s) {shorten(sorted(duplicates))} appear in more than one shard ({file.name}).")
         state_dict.update(part)
     return state_dict
+
+
+def load_selected_tensors(folder: str | Path, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint folder whose keys `keep` accepts. Through a safetensors index only the shards
+    holding such keys are opened, and only those tensors are read (the vision tower of a 12B BLIP-2, say)."""
+    folder = Path(folder)
+    index = folder / SAFETENSORS_INDEX_NAME
+    if not index.is_file():
+        return {key: value for key, value in load_state_dict(folder).items() if keep(key)}
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{index} is not a valid shard index (no 'weight_map').") from error
+    by_shard: dict[str, list[str]] = {}
+    for key, shard in weight_map.items():
+        if keep(key):
+            by_shard.setdefault(shard, []).append(key)
+    from safetensors import SafetensorError, safe_open
+
+    tensors = {}
+    for shard, keys in by_shard.items():
+        path = folder / shard
+        if not path.is_file():
+            raise CheckpointError(f"{index.name} lists {shard}, which is not in {folder}; download the repo again.")
+        try:
+            with safe_open(path, framework="pt") as file:
+                tensors.update({key: file.get_tensor(key) for key in keys})
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path} is corrupt or truncated ({error}); delete it and download it "
+                                  "again.") from error
+    return tensors
+
+
+def download_selected_tensors(
+    hub_id: str, keep: Callable[[str], bool], revision: str | None = None
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A repo's snapshot folder and the tensors whose keys `keep` accepts, downloading its JSON files and, of a
+    sharded safetensors checkpoint, only the shards that hold those tensors."""
+    folder = download(hub_id, revision=revision, allow_patterns=["*.json"])
+    index = folder / SAFETENSORS_INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{index} is not a valid shard index (no 'weight_map').") from error
+        shards = sorted({shard for key, shard in weight_map.items() if keep(key)})
+        folder = download(hub_id, revision=revision, allow_patterns=shards or [SAFETENSORS_INDEX_NAME])
+    else:
+        folder = download(hub_id, revision=revision, allow_patterns=["*.safetensors"])
+    return folder, load_selected_tensors(folder, keep)
 
 
 def _load_file(file: Path) -> dict[str, torch.Tensor]:

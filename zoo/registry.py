@@ -35,7 +35,9 @@ class PretrainedSource:
     loader takes the repo's standard weight files. `format` names a converter of the family.
     `preprocess` is the evaluation preprocessing the published metrics were measured with, as timm's
     pretrained_cfg spells it (input_size, interpolation, crop_pct, mean, std). `datasets` names the data the
-    weights were trained on (Hub dataset ids where there are any), for the model card.
+    weights were trained on (Hub dataset ids where there are any), for the model card. `parts` names the
+    published pieces of a model assembled from several repos (part -> `owner/repo` or `owner/repo/file`), which
+    the family's `from_parts` reads (TinyGPT-V); `hub_id` and `files` are then the family's own piece.
     """
 
     hub_id: str
@@ -49,6 +51,7 @@ class PretrainedSource:
     preprocess: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     datasets: tuple[str, ...] = ()
     notes: str = ""
+    parts: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
