@@ -339,3 +339,33 @@ def test_published_config_param_count(tmp_path):
     count += 32 * 768 + (768 * 4096 + 4096) + (4096 * 2560 + 2560)
     assert count == entry.expected_params == zoo.model_info("tinygpt-v")["params"]
     assert config.text.qk_layernorm and config.text.attention_rms_norm and config.vision.num_hidden_layers == 39
+
+
+def _oracle_greedy(oracle: Oracle, input_ids: torch.Tensor, pixel_values: torch.Tensor, steps: int) -> list[int]:
+    """Greedy tokens of one unpadded prompt, the whole sequence recomputed at every step (no cache)."""
+    tokens = input_ids.tolist()
+    with torch.no_grad():
+        for _ in range(steps):
+            ids = torch.tensor([tokens])
+            tokens.append(int(oracle(ids, torch.ones_like(ids), pixel_values[None])[0, -1].argmax()))
+    return tokens[input_ids.numel():]
+
+
+@pytest.mark.parametrize("cache, compile", [("dynamic", False), ("static", False),
+                                            pytest.param("static", True, marks=pytest.mark.slow)])  # compiles ~1 min
+def test_greedy_generation_matches_the_oracle(cache, compile, tmp_path):
+    """A left-padded batch decodes as the oracle decodes each prompt alone (compiled: one fixed-shape step)."""
+    parts = Parts(tmp_path, stage=4)
+    model, oracle = zoo.from_pretrained(parts.paths), Oracle(parts)
+    inputs = _batch(STAGE_SIZE[4])
+    lengths = inputs["attention_mask"].sum(1).tolist()
+    width = max(lengths)
+    input_ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        input_ids[row, width - length:], mask[row, width - length:] = inputs["input_ids"][row, :length], 1
+    output = model.generate(input_ids, mask, pixel_values=inputs["pixel_values"], max_new_tokens=8, cache=cache,
+                            compile=compile)
+    for row, length in enumerate(lengths):
+        expected = _oracle_greedy(oracle, inputs["input_ids"][row, :length], inputs["pixel_values"][row], 8)
+        assert output[row, width:].tolist() == expected

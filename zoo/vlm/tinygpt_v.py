@@ -110,15 +110,14 @@ class TinyGPTV(ZooModel):
         logits_to_keep, vocab).
         """
         embeds = self.language_model.model.embed_tokens(input_ids)
-        is_image = input_ids == self.config.image_token_id
-        count = int(is_image.sum())
-        images = 0 if pixel_values is None else pixel_values.shape[0]
-        if count != images * self.config.num_query_tokens:
-            raise InputError(
-                f"the prompt has {count} image tokens but {images} image(s) need {self.config.num_query_tokens} "
-                "each; build prompts with TinyGPTVProcessor (it expands <ImageHere>)"
-            )
-        if images:
+        if pixel_values is not None:  # the prompt (decoding steps pass no images)
+            is_image = input_ids == self.config.image_token_id
+            count, images = int(is_image.sum()), pixel_values.shape[0]
+            if count != images * self.config.num_query_tokens:
+                raise InputError(
+                    f"the prompt has {count} image tokens but {images} image(s) need {self.config.num_query_tokens} "
+                    "each; build prompts with TinyGPTVProcessor (it expands <ImageHere>)"
+                )
             features = self.image_features(pixel_values.to(self.llama_proj.weight.dtype)).to(embeds.dtype)
             embeds = embeds.masked_scatter(is_image[..., None], features)
         hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=attention_mask,
@@ -353,7 +352,7 @@ def _lora_delta(a: torch.Tensor, b: torch.Tensor, rank: int, alpha: float, where
     return (alpha / rank) * (b.float() @ a.float())
 
 
-register_family("tinygpt-v", TinyGPTV)
+register_family("tinygpt-v", TinyGPTV, runner="zoo.vlm.tinygpt_v_processing:run")
 
 
 # ---------------------------------------------------------------------------------------------------
