@@ -369,3 +369,12 @@ def test_greedy_generation_matches_the_oracle(cache, compile, tmp_path):
     for row, length in enumerate(lengths):
         expected = _oracle_greedy(oracle, inputs["input_ids"][row, :length], inputs["pixel_values"][row], 8)
         assert output[row, width:].tolist() == expected
+
+
+def test_precomputed_image_embeds_give_the_same_logits():
+    model = zoo.create("tinygpt-v-tiny").eval()
+    inputs = zoo.registry.get_entry("tinygpt-v-tiny").default_input.make(model.config, 2)
+    with torch.no_grad():
+        features = model.image_features(inputs["pixel_values"])
+        assert features.shape == (2, 4, 80)
+        assert torch.equal(model(inputs["input_ids"], image_embeds=features), model(**inputs))

@@ -102,24 +102,27 @@ class TinyGPTV(ZooModel):
         position_ids: torch.Tensor | None = None,
         cache: DynamicCache | StaticCache | None = None,
         logits_to_keep: int = 0,
+        image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids (B, L) holding `num_query_tokens` image tokens per image, in order; pixel_values (N, 3, S, S).
+        """input_ids (B, L) holding `num_query_tokens` image tokens per image, in order; pixel_values (N, 3, S, S),
+        or instead image_embeds (N, num_query_tokens, hidden) from `image_features` (an image encoded once).
 
         Positions default to 0..L-1 whatever the mask, as the official Phi: pad batches on the right (generate
         passes positions that count real tokens, so left-padded prompts decode correctly). Returns (B, L or
         logits_to_keep, vocab).
         """
         embeds = self.language_model.model.embed_tokens(input_ids)
-        if pixel_values is not None:  # the prompt (decoding steps pass no images)
+        if pixel_values is not None or image_embeds is not None:  # the prompt (decoding steps pass no images)
+            if image_embeds is None:
+                image_embeds = self.image_features(pixel_values.to(self.llama_proj.weight.dtype))
             is_image = input_ids == self.config.image_token_id
-            count, images = int(is_image.sum()), pixel_values.shape[0]
+            count, images = int(is_image.sum()), image_embeds.shape[0]
             if count != images * self.config.num_query_tokens:
                 raise InputError(
                     f"the prompt has {count} image tokens but {images} image(s) need {self.config.num_query_tokens} "
                     "each; build prompts with TinyGPTVProcessor (it expands <ImageHere>)"
                 )
-            features = self.image_features(pixel_values.to(self.llama_proj.weight.dtype)).to(embeds.dtype)
-            embeds = embeds.masked_scatter(is_image[..., None], features)
+            embeds = embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
         hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=attention_mask,
                                            position_ids=position_ids, cache=cache)
         return lm_logits(self.language_model.lm_head, hidden, logits_to_keep)
