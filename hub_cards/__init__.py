@@ -15,6 +15,7 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "wavemix": {"tags": ["backbone"]},
     "wan": {"tags": ["video-generation"]},
     "zimage": {"tags": ["text-to-image"], "pipeline_tag": "text-to-image"},
+    "tinygpt_v": {"tags": ["image-text-to-text", "phi-2", "blip-2"], "pipeline_tag": "image-text-to-text"},
 }
 
 

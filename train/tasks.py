@@ -608,7 +608,7 @@ class TinyGPTVSFTTask(VLMSFTTask):
 
     def check_entry(self, entry: ModelEntry | None, family: str) -> None:
         super().check_entry(entry, family)
-        if family != "tinygpt-v":
+        if family != "tinygpt_v":
             raise ConfigError(f"Task '{self.name}' trains TinyGPT-V models, not '{family}'; use vlm-sft.")
 
     def model_overrides(self, entry: ModelEntry | None, dataset: Any, pretrained: bool) -> dict[str, Any]:

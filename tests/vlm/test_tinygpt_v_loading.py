@@ -96,7 +96,7 @@ def test_an_old_phi_msft_llm_names_the_layout_expected(tmp_path):
 def test_parts_must_be_named(tmp_path):
     parts = Parts(tmp_path)
     with pytest.raises(CheckpointError, match=r"No zoo family is assembled from the parts llm, stage, vision_tower\. "
-                                              r"Families published in parts — tinygpt-v: vision, llm, stage"):
+                                              r"Families published in parts — tinygpt_v: vision, llm, stage"):
         zoo.from_pretrained({"vision_tower": parts.vision_dir, "llm": parts.llm_dir, "stage": parts.stage_file})
     with pytest.raises(CheckpointError, match=r"phi is not a BLIP-2 checkpoint .*vision part is Salesforce/blip2-flan-t5-xxl"):
         zoo.from_pretrained({**parts.paths, "vision": parts.llm_dir})

@@ -355,7 +355,7 @@ def _lora_delta(a: torch.Tensor, b: torch.Tensor, rank: int, alpha: float, where
     return (alpha / rank) * (b.float() @ a.float())
 
 
-register_family("tinygpt-v", TinyGPTV, runner="zoo.vlm.tinygpt_v_processing:run")
+register_family("tinygpt_v", TinyGPTV, runner="zoo.vlm.tinygpt_v_processing:run")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,6 +410,6 @@ _register_entries = [
            "procedural byte tokenizer.", None),
 ]
 for _name, _config, _sources, _description, _params in _register_entries:
-    register_model(ModelEntry(_name, "tinygpt-v", "vlm", _config, sources=_sources, paper="2312.16862",
+    register_model(ModelEntry(_name, "tinygpt_v", "vlm", _config, sources=_sources, paper="2312.16862",
                               description=_description, default_input=_input_spec(_config),
                               expected_params=_params))

@@ -139,7 +139,7 @@ def run(name: str, args: Any) -> None:
         raise InputError(f"zoo run tinygpt-v takes one --image, got {len(args.image)}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.checkpoint:
-        model = from_pretrained(args.checkpoint, family="tinygpt-v", dtype=args.dtype or "auto", device=device)
+        model = from_pretrained(args.checkpoint, family="tinygpt_v", dtype=args.dtype or "auto", device=device)
         has_tokenizer = any((Path(args.checkpoint) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
         tokenizer_source = args.checkpoint if has_tokenizer else PHI_REPO
     else:
