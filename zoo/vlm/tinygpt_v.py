@@ -392,12 +392,22 @@ def _stage_source(stage: int) -> PretrainedSource:
     )
 
 
-_register_entries = [
-    ("tinygpt-v", TinyGPTVConfig(), tuple(_stage_source(stage) for stage in (4, 3, 2, 1)),
-     "TinyGPT-V stage 4 (MiniGPT-v2 arch, 448 px): EVA ViT-g (39 layers) + BLIP-2 Q-Former (32 queries) + two "
-     "projections + Phi-2 with q/k LayerNorm, attention RMSNorm and merged LoRA. Tags stage1-3 load the 224 px "
-     "minigpt4 checkpoints.", 3_885_555_072),
-    ("tinygpt-v-tiny", TinyGPTVConfig(
+def _register(name: str, config: TinyGPTVConfig, sources: tuple[PretrainedSource, ...], description: str,
+              expected_params: int | None = None) -> None:
+    register_model(ModelEntry(name, "tinygpt_v", "vlm", config, sources=sources, paper="2312.16862",
+                              description=description, default_input=_input_spec(config),
+                              expected_params=expected_params))
+
+
+_register(
+    "tinygpt-v", TinyGPTVConfig(), tuple(_stage_source(stage) for stage in (4, 3, 2, 1)),
+    "TinyGPT-V stage 4 (MiniGPT-v2 arch, 448 px): EVA ViT-g (39 layers) + BLIP-2 Q-Former (32 queries) + two "
+    "projections + Phi-2 with q/k LayerNorm, attention RMSNorm and merged LoRA. Tags stage1-3 load the 224 px "
+    "minigpt4 checkpoints.", 3_885_555_072,
+)
+_register(
+    "tinygpt-v-tiny",
+    TinyGPTVConfig(
         vision=EvaVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                                image_size=56, patch_size=14, post_layernorm=True),
         qformer=QFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -405,11 +415,9 @@ _register_entries = [
         text=PhiConfig(vocab_size=320, hidden_size=80, intermediate_size=160, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
                        qk_layernorm=True, attention_rms_norm=True),
+        # <image> and the padding token of zoo's procedural byte tokenizer (build_byte_tokenizer)
         num_query_tokens=4, projection_size=96, image_token_id=298, pad_token_id=2, arch="minigpt4",
-    ), (), "A 2-layer TinyGPT-V for tests and training demos: 56 px images, 4 query tokens, token ids of zoo's "
-           "procedural byte tokenizer.", None),
-]
-for _name, _config, _sources, _description, _params in _register_entries:
-    register_model(ModelEntry(_name, "tinygpt_v", "vlm", _config, sources=_sources, paper="2312.16862",
-                              description=_description, default_input=_input_spec(_config),
-                              expected_params=_params))
+    ),
+    (), "A 2-layer TinyGPT-V for tests and training demos: 56 px images, 4 query tokens, token ids of zoo's "
+        "procedural byte tokenizer.",
+)
