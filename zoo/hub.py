@@ -295,20 +295,24 @@ def load_state_dict(path: str | Path, patterns: Sequence[str] = ()) -> dict[str,
 def load_selected_tensors(folder: str | Path, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint folder whose keys `keep` accepts. Through a safetensors index only the shards
     holding such keys are opened, and only those tensors are read (the vision tower of a 12B BLIP-2, say)."""
-    folder = Path(folder)
-    index = folder / SAFETENSORS_INDEX_NAME
-    if not index.is_file():
-        return {key: value for key, value in load_state_dict(folder).items() if keep(key)}
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{index} is not a valid shard index (no 'weight_map').") from error
-    by_shard: dict[str, list[str]] = {}
-    for key, shard in weight_map.items():
-        if keep(key):
-            by_shard.setdefault(shard, []).append(key)
     from safetensors import SafetensorError, safe_open
 
+    folder = Path(folder)
+    index = folder / SAFETENSORS_INDEX_NAME
+    by_shard: dict[str, list[str] | None] = {}  # None: the file's keys that `keep` accepts
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{index} is not a valid shard index (no 'weight_map').") from error
+        for key, shard in weight_map.items():
+            if keep(key):
+                by_shard.setdefault(shard, []).append(key)
+    else:
+        files = find_weight_files(folder)
+        if any(file.suffix != ".safetensors" for file in files):
+            return {key: value for key, value in load_state_dict(folder).items() if keep(key)}
+        by_shard = {file.name: None for file in files}
     tensors = {}
     for shard, keys in by_shard.items():
         path = folder / shard
@@ -316,6 +320,7 @@ def load_selected_tensors(folder: str | Path, keep: Callable[[str], bool]) -> di
             raise CheckpointError(f"{index.name} lists {shard}, which is not in {folder}; download the repo again.")
         try:
             with safe_open(path, framework="pt") as file:
+                keys = [key for key in file.keys() if keep(key)] if keys is None else keys
                 tensors.update({key: file.get_tensor(key) for key in keys})
         except (SafetensorError, OSError) as error:
             raise CheckpointError(f"{path} is corrupt or truncated ({error}); delete it and download it "

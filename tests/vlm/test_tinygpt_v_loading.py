@@ -100,3 +100,17 @@ def test_parts_must_be_named(tmp_path):
         zoo.from_pretrained({"vision_tower": parts.vision_dir, "llm": parts.llm_dir, "stage": parts.stage_file})
     with pytest.raises(CheckpointError, match=r"phi is not a BLIP-2 checkpoint .*vision part is Salesforce/blip2-flan-t5-xxl"):
         zoo.from_pretrained({**parts.paths, "vision": parts.llm_dir})
+
+
+def test_an_unsharded_blip2_folder_reads_the_same_tensors(tmp_path):
+    from safetensors.torch import load_file
+
+    parts = Parts(tmp_path)
+    sharded = zoo.from_pretrained(parts.paths)
+    tensors = {}
+    for shard in sorted(parts.vision_dir.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+        shard.unlink()
+    (parts.vision_dir / "model.safetensors.index.json").unlink()
+    save_file(tensors, parts.vision_dir / "model.safetensors")
+    _equal_models(zoo.from_pretrained(parts.paths), sharded)
