@@ -328,23 +328,20 @@ def load_selected_tensors(folder: str | Path, keep: Callable[[str], bool]) -> di
     return tensors
 
 
-def download_selected_tensors(
-    hub_id: str, keep: Callable[[str], bool], revision: str | None = None
-) -> tuple[Path, dict[str, torch.Tensor]]:
-    """A repo's snapshot folder and the tensors whose keys `keep` accepts, downloading its JSON files and, of a
-    sharded safetensors checkpoint, only the shards that hold those tensors."""
+def download_selected(hub_id: str, keep: Callable[[str], bool], revision: str | None = None) -> Path:
+    """A repo's snapshot folder with its JSON files and, of a sharded safetensors checkpoint, only the shards that
+    hold the tensors whose keys `keep` accepts (all safetensors files when there is no index); read them with
+    `load_selected_tensors`."""
     folder = download(hub_id, revision=revision, allow_patterns=["*.json"])
     index = folder / SAFETENSORS_INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{index} is not a valid shard index (no 'weight_map').") from error
-        shards = sorted({shard for key, shard in weight_map.items() if keep(key)})
-        folder = download(hub_id, revision=revision, allow_patterns=shards or [SAFETENSORS_INDEX_NAME])
-    else:
-        folder = download(hub_id, revision=revision, allow_patterns=["*.safetensors"])
-    return folder, load_selected_tensors(folder, keep)
+    if not index.is_file():
+        return download(hub_id, revision=revision, allow_patterns=["*.safetensors"])
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{index} is not a valid shard index (no 'weight_map').") from error
+    shards = sorted({shard for key, shard in weight_map.items() if keep(key)})
+    return download(hub_id, revision=revision, allow_patterns=shards) if shards else folder
 
 
 def _load_file(file: Path) -> dict[str, torch.Tensor]:

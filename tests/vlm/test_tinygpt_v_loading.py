@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from safetensors.torch import save_file
 
 import zoo
 from tests.vlm.test_tinygpt_v import PHI, Parts
+from zoo.cli import main
 from zoo.errors import CheckpointError
 
 
@@ -45,6 +47,22 @@ def test_create_pretrained_assembles_three_hub_repos(tmp_path, fake_hub):
     stage3_model = zoo.create("tinygpt-v.stage3", pretrained=True)
     assert (stage3_model.config.arch, stage3_model.config.vision.image_size) == ("minigpt4", 28)
     assert stage3_model.zoo_tag == "stage3"
+
+
+def test_download_fetches_the_three_parts(tmp_path, fake_hub, capsys):
+    parts = Parts(tmp_path)
+    fake_hub.upload_folder("Salesforce/blip2-flan-t5-xxl", parts.vision_dir)
+    fake_hub.upload_folder("microsoft/phi-2", parts.llm_dir)
+    stages = tmp_path / "stages"
+    stages.mkdir()
+    shutil.copy(parts.stage_file, stages / "TinyGPT-V_for_Stage3.pth")
+    fake_hub.upload_folder("Tyrannosaurus/TinyGPT-V", stages)
+    assert main(["download", "tinygpt-v.stage3"]) == 0
+    printed = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert set(printed) == {"vision", "llm", "stage"} and printed["stage"].endswith("TinyGPT-V_for_Stage3.pth")
+    assert not (Path(printed["vision"]) / "model-00002-of-00002.safetensors").exists()
+    _equal_models(zoo.from_pretrained({name: Path(path) for name, path in printed.items()}),
+                  zoo.from_pretrained(parts.paths))
 
 
 def _stage(parts: Parts, model: dict, config: dict | None = None) -> str:

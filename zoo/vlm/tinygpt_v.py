@@ -134,18 +134,32 @@ class TinyGPTV(ZooModel):
         return generate(self, input_ids, attention_mask, **kwargs)
 
     @classmethod
+    def fetch_parts(cls, parts: Mapping[str, str | Path]) -> dict[str, Path]:
+        """Local paths of the parts; a Hub part is downloaded first: of BLIP-2 only the shards that hold its vision
+        tower, Q-Former and query tokens; of Phi-2 its configs, tokenizer and weights; of the stage repo its file."""
+        if set(parts) != set(cls.part_names):
+            raise ConfigError(f"TinyGPT-V is assembled from the parts {', '.join(cls.part_names)}; got "
+                              f"{', '.join(sorted(parts))}.")
+        paths = {name: Path(value).expanduser() for name, value in parts.items()}
+        if _is_hub_ref(parts["stage"], 3):
+            repo, _, name = str(parts["stage"]).rpartition("/")
+            paths["stage"] = hub.download(repo, allow_patterns=[name]) / name
+        if _is_hub_ref(parts["vision"], 2):
+            paths["vision"] = hub.download_selected(str(parts["vision"]), _is_blip2_part)
+        if _is_hub_ref(parts["llm"], 2):
+            paths["llm"] = hub.download(str(parts["llm"]), allow_patterns=["*.json", "*.txt", "*.safetensors"])
+        return paths
+
+    @classmethod
     def from_parts(cls, parts: Mapping[str, str | Path], dtype: torch.dtype | None = None,
                    **overrides: Any) -> TinyGPTV:
         """The merged model from its three published sources: `vision` (a BLIP-2 transformers folder or Hub repo),
         `llm` (a Phi-2 transformers folder or Hub repo) and `stage` (a stage .pth file, or `owner/repo/file.pth` on
         the Hub). `overrides` change config fields of the assembled config. In eval mode."""
-        missing, unknown = set(cls.part_names) - set(parts), set(parts) - set(cls.part_names)
-        if missing or unknown:
-            raise ConfigError(f"TinyGPT-V is assembled from the parts {', '.join(cls.part_names)}; got "
-                              f"{', '.join(sorted(parts))}.")
-        stage, stage_config = read_stage(parts["stage"])
-        blip2_config, blip2_weights = _read_blip2(parts["vision"])
-        phi_config, phi_weights = _read_phi(parts["llm"])
+        paths = cls.fetch_parts(parts)
+        stage, stage_config = read_stage(paths["stage"])
+        blip2_config, blip2_weights = _read_blip2(paths["vision"])
+        phi_config, phi_weights = _read_phi(paths["llm"])
         config = assemble_config(blip2_config, phi_config, stage_config, stage).replace(**overrides)
         state_dict = merge_state_dicts(blip2_weights, phi_weights, stage, stage_config, config)
         source_dtype = dtype or hub._dominant_dtype(phi_weights)
@@ -183,14 +197,13 @@ def _is_hub_ref(value: str | Path, parts: int) -> bool:
     return not local and text.count("/") == parts - 1
 
 
-def read_stage(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The `model` tensors and the `config.model` settings of a stage checkpoint (a file, or `owner/repo/file`
-    on the Hub), read with `weights_only=True` and memory-mapped (the optimizer state is never copied)."""
-    if _is_hub_ref(source, 3):
-        repo, _, name = str(source).rpartition("/")
-        path = hub.download(repo, allow_patterns=[name]) / name
-    else:
-        path = Path(source).expanduser()
+def _is_blip2_part(key: str) -> bool:
+    return key.startswith(BLIP2_PREFIXES)
+
+
+def read_stage(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The `model` tensors and the `config.model` settings of a stage checkpoint, read with `weights_only=True` and
+    memory-mapped (the optimizer state is never copied)."""
     if not path.is_file():
         raise CheckpointError(f"TinyGPT-V stage checkpoint {path} is not a file; pass the .pth file itself.")
     try:
@@ -213,41 +226,30 @@ def read_stage(source: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     return dict(checkpoint["model"]), settings
 
 
-def _read_blip2(source: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _read_blip2(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """BLIP-2's config.json and its vision_model.*, qformer.* and query_tokens tensors (only those are read)."""
-    def keep(key: str) -> bool:
-        return key.startswith(BLIP2_PREFIXES)
-
-    if _is_hub_ref(source, 2):
-        folder, tensors = hub.download_selected_tensors(str(source), keep)
-    else:
-        folder = Path(source).expanduser()
-        if not folder.is_dir():
-            raise CheckpointError(f"TinyGPT-V's vision part {folder} is not a folder; pass a BLIP-2 checkpoint "
-                                  "folder in transformers' format (Salesforce/blip2-flan-t5-xxl).")
-        tensors = hub.load_selected_tensors(folder, keep)
+    if not folder.is_dir():
+        raise CheckpointError(f"TinyGPT-V's vision part {folder} is not a folder; pass a BLIP-2 checkpoint "
+                              "folder in transformers' format (Salesforce/blip2-flan-t5-xxl).")
+    tensors = hub.load_selected_tensors(folder, _is_blip2_part)
     config, _ = hub.folder_config(folder, ("config.json",))
     if config.get("model_type") != "blip-2" or "query_tokens" not in tensors:
-        raise CheckpointError(f"{source} is not a BLIP-2 checkpoint in transformers' format (model_type "
+        raise CheckpointError(f"{folder} is not a BLIP-2 checkpoint in transformers' format (model_type "
                               f"{config.get('model_type')!r}); TinyGPT-V's vision part is Salesforce/blip2-flan-t5-xxl "
                               "or a folder like it.")
     return config, tensors
 
 
-def _read_phi(source: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def _read_phi(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Phi-2's config.json and all its tensors; the old phi-msft layout is refused naming the one expected."""
-    if _is_hub_ref(source, 2):
-        folder, tensors = hub.download_selected_tensors(str(source), lambda key: True)
-    else:
-        folder = Path(source).expanduser()
-        if not folder.is_dir():
-            raise CheckpointError(f"TinyGPT-V's llm part {folder} is not a folder; pass a Phi-2 checkpoint folder.")
-        tensors = hub.load_state_dict(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"TinyGPT-V's llm part {folder} is not a folder; pass a Phi-2 checkpoint folder.")
+    tensors = hub.load_state_dict(folder)
     config, _ = hub.folder_config(folder, ("config.json",))
     msft = [key for key in tensors if ".mixer." in key or key.startswith("transformer.")]
     if config.get("model_type") != "phi" or msft:
         found = f"model_type {config.get('model_type')!r}" + (f", keys like {msft[0]}" if msft else "")
-        raise CheckpointError(f"{source} holds Phi in another layout ({found}; the old phi-msft format has "
+        raise CheckpointError(f"{folder} holds Phi in another layout ({found}; the old phi-msft format has "
                               f"layers.N.mixer.*). {_PHI_LAYOUT}: download microsoft/phi-2 at its current revision.")
     return config, tensors
 
