@@ -79,7 +79,8 @@ def bench_image_encoding(published: TinyGPTVConfig, repeats: int, warmup: int) -
             hf_vision[key] = value
     _assign(vision, hf_vision)
     renames = [(".self_attn_norm.", ".attention.output.LayerNorm."), (".self_attn.o_proj.", ".attention.output.dense."),
-               (".self_attn.q_proj.", ".attention.attention.query."), (".self_attn.k_proj.", ".attention.attention.key."),
+               (".self_attn.q_proj.", ".attention.attention.query."),
+               (".self_attn.k_proj.", ".attention.attention.key."),
                (".self_attn.v_proj.", ".attention.attention.value."),
                (".cross_attn_norm.", ".crossattention.output.LayerNorm."),
                (".cross_attn.o_proj.", ".crossattention.output.dense."),
@@ -107,7 +108,8 @@ def bench_image_encoding(published: TinyGPTVConfig, repeats: int, warmup: int) -
     samples = alternate({"zoo": lambda: model.image_features(pixels), "transformers": reference}, repeats, warmup)
     report_pair("image encoding 224 px (ViT-g, Q-Former)", samples)
     return {"max_abs_diff": difference, "zoo": samples["zoo"].summary(),
-            "transformers": samples["transformers"].summary(), "speedup": ratios(samples["transformers"], samples["zoo"])}
+            "transformers": samples["transformers"].summary(),
+            "speedup": ratios(samples["transformers"], samples["zoo"])}
 
 
 class _AttentionRMSNorm(nn.Module):

@@ -116,7 +116,8 @@ def test_parts_must_be_named(tmp_path):
     with pytest.raises(CheckpointError, match=r"No zoo family is assembled from the parts llm, stage, vision_tower\. "
                                               r"Families published in parts — tinygpt_v: vision, llm, stage"):
         zoo.from_pretrained({"vision_tower": parts.vision_dir, "llm": parts.llm_dir, "stage": parts.stage_file})
-    with pytest.raises(CheckpointError, match=r"phi is not a BLIP-2 checkpoint .*vision part is Salesforce/blip2-flan-t5-xxl"):
+    with pytest.raises(CheckpointError,
+                       match=r"phi is not a BLIP-2 checkpoint .*vision part is Salesforce/blip2-flan-t5-xxl"):
         zoo.from_pretrained({**parts.paths, "vision": parts.llm_dir})
 
 
