@@ -33,8 +33,8 @@ def test_stage_config_trains_only_lora_norms_and_projections(stage, tmp_path):
     changed = {key for key, value in trained.state_dict().items() if not torch.equal(value, before[key])}
     assert changed, "nothing trained"
     frozen = [key for key in changed if key.startswith(("vision_model.", "qformer.", "query_tokens"))
-              or key.endswith(("final_layernorm.weight", "final_layernorm.bias", "embed_tokens.weight", "lm_head.weight",
-                               "lm_head.bias", "input_layernorm.bias"))]
+              or key.endswith(("final_layernorm.weight", "final_layernorm.bias", "embed_tokens.weight",
+                               "lm_head.weight", "lm_head.bias", "input_layernorm.bias"))]
     assert not frozen, frozen
     assert any(".q_proj.weight" in key for key in changed)  # the merged LoRA
     assert {"llama_proj.weight", "language_model.model.layers.0.self_attn.q_norm.weight",
