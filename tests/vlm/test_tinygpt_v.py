@@ -14,7 +14,7 @@ from torch import nn
 
 import zoo
 from tests.backbones.norms import randomize_biases, randomize_decoder, randomize_norms
-from zoo.errors import CheckpointError, ConfigError, InputError
+from zoo.errors import InputError
 from zoo.vlm.tinygpt_v import TinyGPTV
 
 transformers = pytest.importorskip("transformers")
