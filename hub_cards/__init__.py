@@ -21,6 +21,7 @@ _FAMILIES: dict[str, dict[str, Any]] = {
     "spikingbrain": {"tags": ["text-generation", "linear-attention"], "pipeline_tag": "text-generation"},
     "mlfsr": {"tags": ["light-field", "super-resolution", "mamba"], "pipeline_tag": "image-to-image"},
     "epit": {"tags": ["light-field", "super-resolution"], "pipeline_tag": "image-to-image"},
+    "tinygpt_v": {"tags": ["image-text-to-text", "phi-2", "blip-2"], "pipeline_tag": "image-text-to-text"},
 }
 
 

@@ -66,6 +66,7 @@ class TrainConfig:
     lora_alpha: float | None = None
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    trainable: tuple[str, ...] = ()  # fnmatch patterns of parameter names: only they (and LoRA adapters) train
     save_every: int = 0
     keep_last: int = 2
     eval_every: int = 0
@@ -83,6 +84,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
         self.lora_targets = tuple(self.lora_targets)
+        self.trainable = tuple(self.trainable)
         names = self.report_to.split(",") if isinstance(self.report_to, str) else self.report_to
         self.report_to = tuple(name.strip() for name in names if name.strip() not in ("", "none"))
         self.validate()
@@ -172,6 +174,7 @@ class TrainConfig:
         values = dataclasses.asdict(self)
         values["betas"] = list(self.betas)
         values["lora_targets"] = list(self.lora_targets)
+        values["trainable"] = list(self.trainable)
         values["report_to"] = list(self.report_to)
         return values
 

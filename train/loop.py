@@ -331,13 +331,16 @@ class Trainer:
         return self.fsdp is not None or self.accelerator.distributed_type == DistributedType.DEEPSPEED
 
     def _apply_training_options(self) -> None:
-        from .lora import apply_lora
+        from .lora import apply_lora, freeze_all_but
 
         config = self.config
         if self.sharded and (config.lora_rank or config.ema_decay is not None):
             raise ConfigError("LoRA and EMA are not supported under FSDP / DeepSpeed yet; use DDP for them.")
         if config.lora_rank:
-            apply_lora(self.model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
+            apply_lora(self.model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets,
+                       config.trainable)
+        elif config.trainable:
+            freeze_all_but(self.model, config.trainable)
         if config.gradient_checkpointing:
             if hasattr(self.model, "set_grad_checkpointing"):
                 self.model.set_grad_checkpointing(True)

@@ -4,6 +4,7 @@
     restoration      restoration / super-resolution models: L1; PSNR
     vlm-sft          vision-language models: next-token loss on the answer tokens only (the prompt, the image
                      tokens and the padding are masked); exact-match accuracy of greedy answers
+    tinygpt-v-sft    vlm-sft with TinyGPT-V's prompt templates, <ImageHere> expansion and image transform
     diffusion        denoisers: flow matching with a timestep shift (the DiTs), or epsilon / v-prediction on a
                      DDPM schedule (U-Nets); eval loss at fixed noise
     language         language models: next-token loss on text (every token); eval loss and perplexity
@@ -696,6 +697,103 @@ VLM_SFT_FAMILIES: dict[str, str] = {"llavamini": "zoo.vlm.llavamini_processing:L
 VLM_SFT_RECIPES = {"hulumed": "train.hulumed_sft:HuluMedSFTTask"}
 
 
+class TinyGPTVSFTTask(VLMSFTTask):
+    """vlm-sft for TinyGPT-V: one image per sample, the stage's prompt template (`###Human: <Img><ImageHere></Img>
+    {question} ###Assistant: `, or `[INST] ... [/INST]` for arch minigpt_v2) with <ImageHere> expanded to the query
+    tokens, the answer followed by the tokenizer's EOS, BLIP-2's eval transform. The loss and evaluation are
+    vlm-sft's (answer tokens only; exact match of greedy answers).
+
+    Options: `tokenizer` (a folder or Hub repo; default: the model folder's own, Phi-2's for the published weights,
+    else zoo's procedural byte tokenizer), `max_new_tokens` for evaluation.
+    """
+
+    name = "tinygpt-v-sft"
+
+    def __init__(self, extra_losses: Sequence[LossTerm | dict] = (), tokenizer: str | None = None,
+                 max_new_tokens: int = 16):
+        super().__init__(extra_losses, max_new_tokens=max_new_tokens)
+        self.tokenizer_source = tokenizer
+
+    def check_entry(self, entry: ModelEntry | None, family: str) -> None:
+        super().check_entry(entry, family)
+        if family != "tinygpt_v":
+            raise ConfigError(f"Task '{self.name}' trains TinyGPT-V models, not '{family}'; use vlm-sft.")
+
+    def model_overrides(self, entry: ModelEntry | None, dataset: Any, pretrained: bool) -> dict[str, Any]:
+        if entry is None or pretrained or self.tokenizer_source is not None:
+            return {}
+        from zoo.vlm.smolvlm_processing import build_byte_tokenizer
+
+        tokenizer = build_byte_tokenizer()
+        return {"image_token_id": tokenizer.convert_tokens_to_ids("<image>"), "pad_token_id": tokenizer.pad_token_id}
+
+    def setup(self, model: nn.Module, dataset: Any, source: ModelSource) -> None:
+        from zoo.vlm.smolvlm_processing import build_byte_tokenizer
+        from zoo.vlm.tinygpt_v_processing import TinyGPTVProcessor, load_tokenizer
+
+        origin = self.tokenizer_source
+        if origin is None and source.folder is not None and _has_tokenizer(source.folder):
+            origin = str(source.folder)
+        if origin is None and source.pretrained and source.entry is not None:
+            origin = source.entry.source().parts.get("llm")
+        tokenizer = load_tokenizer(origin) if origin is not None else build_byte_tokenizer()
+        if len(tokenizer) > model.config.text.vocab_size:
+            raise ConfigError(f"The tokenizer has {len(tokenizer)} tokens but '{source.name}' has a vocabulary of "
+                              f"{model.config.text.vocab_size}; build the model with text={{'vocab_size': "
+                              f"{len(tokenizer)}}} or more.")
+        self.processor = TinyGPTVProcessor.for_model(model, tokenizer)
+        self.stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def prompt(self, question: str) -> str:
+        return self.processor.prompt(question)
+
+    def encode(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Token ids of prompt + answer + EOS, labels (-100 but on the answer and EOS), the image (3, S, S)."""
+        if self.processor is None:
+            raise ConfigError("call setup(model, ...) before encoding samples")
+        for key in ("image", "question", "answer"):
+            if key not in sample:
+                raise InputError(f"a {self.name} sample needs 'image', 'question' and 'answer'; it has "
+                                 f"{sorted(sample)}")
+        question, answer = str(sample["question"]), str(sample["answer"])
+        if question not in self._prompt_ids:
+            self._prompt_ids[question] = torch.tensor(self.processor.token_ids(self.prompt(question)))
+        if (question, answer) not in self._answer_ids:
+            ids = self.processor.tokenizer(answer, add_special_tokens=False)["input_ids"] + self.stop_ids
+            self._answer_ids[(question, answer)] = torch.tensor(ids, dtype=torch.long)
+        prompt_ids, answer_ids = self._prompt_ids[question], self._answer_ids[(question, answer)]
+        return {"input_ids": torch.cat([prompt_ids, answer_ids]),
+                "labels": torch.cat([torch.full_like(prompt_ids, IGNORE_INDEX), answer_ids]),
+                "pixel_values": self.processor.preprocess_image(sample["image"])}
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        tokenizer = self.processor.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        length = max(len(sample["input_ids"]) for sample in samples)
+        input_ids = torch.full((len(samples), length), pad or 0, dtype=torch.long)
+        labels = torch.full((len(samples), length), IGNORE_INDEX, dtype=torch.long)
+        for row, sample in enumerate(samples):
+            input_ids[row, : len(sample["input_ids"])] = sample["input_ids"]
+            labels[row, : len(sample["labels"])] = sample["labels"]
+        return {"input_ids": input_ids, "labels": labels, "sample_ids": _sample_ids(samples),
+                "pixel_values": torch.stack([sample["pixel_values"] for sample in samples])}
+
+    @torch.no_grad()
+    def answer(self, model: nn.Module, images: list[Any], questions: list[str],
+               max_new_tokens: int | None = None) -> list[str]:
+        device = next(model.parameters()).device
+        inputs = self.processor([self.prompt(q) for q in questions], images=images, padding_side="left")
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(_dtype_of(model))
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                eos_token_id=self.stop_ids or None, cache="static")
+        return [self.processor.decode(row) for row in output[:, inputs["input_ids"].shape[1]:]]
+
+    def save_extras(self, folder: Any) -> None:
+        if self.processor is not None:
+            self.processor.tokenizer.save_pretrained(folder)
+
+
 def _has_tokenizer(folder: Any) -> bool:
     return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
 
@@ -1057,7 +1155,9 @@ class DiffusionTask(Task):
 
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (ClassificationTask, RestorationTask, VLMSFTTask, DiffusionTask, LanguageModelingTask)
+    task.name: task for task in (
+        ClassificationTask, RestorationTask, VLMSFTTask, TinyGPTVSFTTask, DiffusionTask, LanguageModelingTask
+    )
 }
 
 
@@ -1100,6 +1200,6 @@ from . import unit as _unit  # noqa: E402,F401  (registers unit-pretrain and uni
 __all__ = [
     "ByteTokenizer", "ClassificationTask", "DENOISERS", "Denoiser", "DiffusionTask", "DistillationLoss",
     "FeatureDistillationLoss", "HashedTextEncoder", "LOSS_TERMS", "LanguageModelingTask", "LossTerm", "PixelLatents",
-    "RestorationTask", "TASKS", "Task", "TaskOutput", "VLMSFTTask",
+    "RestorationTask", "TASKS", "Task", "TaskOutput", "TinyGPTVSFTTask", "VLMSFTTask",
     "get_task", "register_denoiser", "register_loss_term", "shift_sigma",
 ]

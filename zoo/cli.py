@@ -162,13 +162,18 @@ def _download_arguments(parser: argparse.ArgumentParser) -> None:
 def _download(args: argparse.Namespace) -> None:
     from . import hub
     from .factory import fetch_source
-    from .registry import split_name
+    from .registry import get_family, split_name
 
     if "/" in args.name_or_repo:
         print(hub.download(args.name_or_repo, revision=args.revision))
         return
     entry, tag = split_name(args.name_or_repo)
-    print(fetch_source(entry.source(tag)))
+    source = entry.source(tag)
+    if source.parts:  # a model assembled from several repos (TinyGPT-V): each part's folder or file
+        for part, path in get_family(entry.family).model_cls.fetch_parts(source.parts).items():
+            print(f"{part}: {path}")
+        return
+    print(fetch_source(source))
 
 
 def _convert_arguments(parser: argparse.ArgumentParser) -> None:

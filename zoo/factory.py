@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ def create(
         raise ConfigError("Pass either pretrained=True (download the published weights) or checkpoint_path, not both.")
     if not pretrained and checkpoint_path is None:
         model = family.model_cls(config)
+    elif pretrained and entry.source(tag).parts:
+        model = family.model_cls.from_parts(entry.source(tag).parts, dtype=target_dtype, **overrides)
     else:
         with torch.device("meta"):
             model = family.model_cls(config)
@@ -59,7 +62,7 @@ def create(
 
 
 def from_pretrained(
-    repo_id_or_dir: str | Path,
+    repo_id_or_dir: str | Path | Mapping[str, str | Path],
     family: str | None = None,
     revision: str | None = None,
     dtype: torch.dtype | str | None = "auto",
@@ -71,8 +74,13 @@ def from_pretrained(
     `_class_name`, `architectures`, timm's `architecture`); `family=` forces the family. Any size loads,
     not only registered ones. `dtype="auto"` takes the checkpoint's dominant floating dtype (every floating
     tensor is cast to one dtype). Returned in eval mode.
+
+    A model published in pieces is loaded from a dict of its parts (folders, files or Hub repos), e.g. TinyGPT-V's
+    ``{"vision": BLIP2_DIR, "llm": PHI_DIR, "stage": STAGE_PTH}``; the family whose `part_names` they are reads them.
     """
     target_dtype = _resolve_dtype(dtype)
+    if isinstance(repo_id_or_dir, Mapping):
+        return _from_parts(repo_id_or_dir, family, target_dtype).to(device=device, dtype=target_dtype)
     local = Path(repo_id_or_dir).expanduser()
     if local.is_file():
         raise CheckpointError(
@@ -129,6 +137,18 @@ def _load_release(
         model = family.model_cls(config)
     hub.load_weights(model, converter.convert_state_dict(state_dict, config), converter, dtype=dtype)
     return model.eval().to(device=device, dtype=dtype)
+
+
+def _from_parts(parts: Mapping[str, str | Path], family: str | None, dtype: torch.dtype | None) -> ZooModel:
+    """A model assembled by the family whose model class reads exactly these parts (`part_names`, `from_parts`)."""
+    candidates = [get_family(family)] if family is not None else families()
+    readers = [f for f in candidates if set(getattr(f.model_cls, "part_names", ())) == set(parts)]
+    if len(readers) != 1:
+        known = "; ".join(f"{f.name}: {', '.join(f.model_cls.part_names)}" for f in candidates
+                          if getattr(f.model_cls, "part_names", ()))
+        raise CheckpointError(f"No zoo family is assembled from the parts {', '.join(sorted(parts))}. "
+                              f"Families published in parts — {known or 'none'}.")
+    return readers[0].model_cls.from_parts(parts, dtype=dtype)
 
 
 def _detect_format(published_config: dict, family: str | None, origin: str) -> tuple[Family, Converter]:

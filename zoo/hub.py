@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +347,58 @@ def load_state_dict(path: str | Path, patterns: Sequence[str] = ()) -> dict[str,
             raise CheckpointError(f"Key(s) {shorten(sorted(duplicates))} appear in more than one shard ({file.name}).")
         state_dict.update(part)
     return state_dict
+
+
+def load_selected_tensors(folder: str | Path, keep: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint folder whose keys `keep` accepts. Through a safetensors index only the shards
+    holding such keys are opened, and only those tensors are read (the vision tower of a 12B BLIP-2, say)."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    index = folder / SAFETENSORS_INDEX_NAME
+    by_shard: dict[str, list[str] | None] = {}  # None: the file's keys that `keep` accepts
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{index} is not a valid shard index (no 'weight_map').") from error
+        for key, shard in weight_map.items():
+            if keep(key):
+                by_shard.setdefault(shard, []).append(key)
+    else:
+        files = find_weight_files(folder)
+        if any(file.suffix != ".safetensors" for file in files):
+            return {key: value for key, value in load_state_dict(folder).items() if keep(key)}
+        by_shard = {file.name: None for file in files}
+    tensors = {}
+    for shard, keys in by_shard.items():
+        path = folder / shard
+        if not path.is_file():
+            raise CheckpointError(f"{index.name} lists {shard}, which is not in {folder}; download the repo again.")
+        try:
+            with safe_open(path, framework="pt") as file:
+                keys = [key for key in file.keys() if keep(key)] if keys is None else keys
+                tensors.update({key: file.get_tensor(key) for key in keys})
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path} is corrupt or truncated ({error}); delete it and download it "
+                                  "again.") from error
+    return tensors
+
+
+def download_selected(hub_id: str, keep: Callable[[str], bool], revision: str | None = None) -> Path:
+    """A repo's snapshot folder with its JSON files and, of a sharded safetensors checkpoint, only the shards that
+    hold the tensors whose keys `keep` accepts (all safetensors files when there is no index); read them with
+    `load_selected_tensors`."""
+    folder = download(hub_id, revision=revision, allow_patterns=["*.json"])
+    index = folder / SAFETENSORS_INDEX_NAME
+    if not index.is_file():
+        return download(hub_id, revision=revision, allow_patterns=["*.safetensors"])
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{index} is not a valid shard index (no 'weight_map').") from error
+    shards = sorted({shard for key, shard in weight_map.items() if keep(key)})
+    return download(hub_id, revision=revision, allow_patterns=shards) if shards else folder
 
 
 def _load_file(file: Path) -> dict[str, torch.Tensor]:

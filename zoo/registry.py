@@ -40,7 +40,9 @@ class PretrainedSource:
     pretrained_cfg spells it (input_size, interpolation, crop_pct, mean, std). `datasets` names the data the
     weights were trained on (Hub dataset ids where there are any), for the model card. `host` is where `hub_id`
     lives: "huggingface" or "modelscope" (downloaded with the `modelscope` package). `config_overrides` are the
-    config fields these weights need beyond the entry's (e.g. a quantised variant's switch).
+    config fields these weights need beyond the entry's (e.g. a quantised variant's switch). `parts` names the
+    published pieces of a model assembled from several repos (part -> `owner/repo` or `owner/repo/file`), which
+    the family's `from_parts` reads (TinyGPT-V); `hub_id` and `files` are then the family's own piece.
     """
 
     hub_id: str
@@ -57,6 +59,7 @@ class PretrainedSource:
     host: str = "huggingface"
     config_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     url: str = ""
+    parts: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,5 @@
 Importing this package registers its families.
 """
 
-from . import smolvlm  # noqa: E402,F401
-from . import llavamini  # noqa: E402,F401
-from . import hulumed  # noqa: E402,F401
+from . import hulumed, llavamini, smolvlm, tinygpt_v  # noqa: E402,F401
 from .token_reduction import TokenReduction  # noqa: E402,F401

@@ -325,6 +325,7 @@ def decoder_forward(
             torch.ones(x.shape[0], cache.key_length(x.shape[1]), dtype=torch.long, device=x.device)
         late = torch.cat([state.kept_mask.to(full.dtype), full[:, state.prefill_length:]], dim=1)
         late_mask = None if bool(late.all()) else padding_mask(late)
+    previous_input = None  # the normalised input of layer K - 1, whose attention ranks the tokens
     for index, block in enumerate(layers):
         if index == layer and state is None:
             scores = attention_received(layers[index - 1].self_attn, previous_input, attn_mask, rotary, query=-1)
