@@ -195,8 +195,9 @@ def test_bad_sizes_are_clear_errors(tiny_release):
         pipe("a cat", height=40, width=48, num_frames=2)
 
 
-def test_half_precision_generation_is_finite(tiny_release):
-    """bfloat16 on the CPU (the GPU runs float16 the same way): every part in the low precision, no NaN."""
-    pipe = HummingbirdPipeline.from_release(tiny_release[0]).to(dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_generation_is_finite(tiny_release, dtype):
+    """Every part in the low precision (float16 as the release runs on GPUs, here on the CPU), no NaN."""
+    pipe = HummingbirdPipeline.from_release(tiny_release[0]).to(dtype=dtype)
     out = pipe("a cat", num_inference_steps=4, height=32, width=48, num_frames=2, generator=0)
     assert out.frames.shape == (1, 2, 32, 48, 3) and np.isfinite(out.frames).all()
