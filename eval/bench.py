@@ -184,20 +184,30 @@ def max_abs(a: Any) -> float:
 # FLOPs
 
 
-def count_call_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call; torch.compile'd code runs eagerly meanwhile (the counter cannot see into it)."""
+def count_call_flops(model: nn.Module, fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of `model`; torch.compile'd code runs eagerly meanwhile (the counter cannot see into it).
+    The parameters stop requiring gradients meanwhile: the counter hooks the gradients of every module input, which
+    fails in inference mode for a parameter (or a view of one) passed to a submodule, as learned queries are."""
     from zoo.layers.flops import count_flops
 
-    with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
-        return int(count_flops(fn))
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    try:
+        for parameter in trainable:
+            parameter.requires_grad_(False)
+        with torch.inference_mode(), torch.compiler.set_stance("force_eager"):
+            return int(count_flops(fn))
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
 
 
 def implementation_flops(impl: Implementation, task: str) -> dict[str, int]:
     """FLOPs per phase: the forward, or for generative models the prefill ("ttft") and one decoding step ("tpot")."""
     if impl.generate is not None:
-        first, second = count_call_flops(lambda: impl.generate(1)), count_call_flops(lambda: impl.generate(2))
+        first = count_call_flops(impl.model, lambda: impl.generate(1))
+        second = count_call_flops(impl.model, lambda: impl.generate(2))
         return {"ttft": first, "tpot": second - first}
-    return {next(iter(impl.calls)): count_call_flops(impl.forward)}
+    return {next(iter(impl.calls)): count_call_flops(impl.model, impl.forward)}
 
 
 def prefill_cache_bytes(model: nn.Module, inputs: dict[str, Any]) -> int | None:

@@ -96,7 +96,7 @@ def run(family: str, repeats: int, seed: int = 0) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     with torch.inference_mode():
         for name, reduction in settings.items():
-            rows[name] = {"prefill_flops": count_call_flops(calls[name]),
+            rows[name] = {"prefill_flops": count_call_flops(model, calls[name]),
                           "kv_cache_bytes": prefill_cache_bytes(model, {**inputs, "token_reduction": reduction})}
         samples = alternate(calls, repeats=repeats, warmup=1)
     for name, row in rows.items():

@@ -200,11 +200,9 @@ class QueryCompressor(nn.Module):
             raise ValueError(f"QueryCompressor got N={num_keys} tokens for key_grid={key_grid}")
 
         keys_values = self.ln_kv(self.kv_proj(x))
-        # a copy per prompt, not the parameter or a view of it: module input hooks (the FLOP counter's) fail on
-        # those in inference mode
-        queries = self.ln_q(self.query.repeat(batch, 1, 1)) + self.pos_embed
+        queries = self.ln_q(self.query) + self.pos_embed
         out, _ = self.attn(
-            queries,
+            queries.unsqueeze(0).expand(batch, -1, -1),
             keys_values + self._key_pos_embed(key_grid).to(keys_values.dtype),
             keys_values,
             need_weights=False,
