@@ -168,6 +168,7 @@ def test_zoo_train_then_zoo_eval_reads_the_saved_decoders(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_unit_training_reads_text_and_the_vision_decoder_limits_forgetting(tmp_path):
     """unit-tiny pretrained on shapes, then `unit-pretrain` for 1000 steps with and without the vision decoder (the
     run of the README's table, a few minutes on a free CPU): OCR exact match rises from 0, and the run with the vision
