@@ -46,12 +46,11 @@ def load_image(path: str, transform: Any) -> torch.Tensor:
         raise InputError(f"--image {path}: cannot read it as an image ({error}).") from None
 
 
-def run(name: str, args: Any) -> None:
-    """`zoo run NAME --image PATH [--image PATH ...] [--checkpoint DIR]`: print each image's top-5 classes."""
-    from timm.data import create_transform, resolve_data_config
-
+def image_model(name: str, args: Any, doing: str) -> torch.nn.Module:
+    """The model `zoo run NAME --image PATH [...]` runs, in eval mode: its published weights, or `--checkpoint DIR`,
+    once the --image paths are checked (`doing` says what the model does with the images, for the error)."""
     if not args.image:
-        raise InputError(f"zoo run {name} classifies images: give one or more with --image PATH.")
+        raise InputError(f"zoo run {name} {doing}: give one or more with --image PATH.")
     missing = [path for path in args.image if not Path(path).is_file()]
     if missing:
         raise InputError(f"--image {missing[0]}: no such file.")
@@ -60,7 +59,14 @@ def run(name: str, args: Any) -> None:
         model = from_pretrained(args.checkpoint, family=entry.family, dtype=args.dtype or "auto", device=args.device)
     else:
         model = create(name, pretrained=True, dtype=args.dtype, device=args.device)
-    model.eval()
+    return model.eval()
+
+
+def run(name: str, args: Any) -> None:
+    """`zoo run NAME --image PATH [--image PATH ...] [--checkpoint DIR]`: print each image's top-5 classes."""
+    from timm.data import create_transform, resolve_data_config
+
+    model = image_model(name, args, "classifies images")
     transform = create_transform(**resolve_data_config(model=model))
     pixels = torch.stack([load_image(path, transform) for path in args.image])
     parameter = next(model.parameters())

@@ -384,23 +384,9 @@ register_model(ModelEntry(
 
 def run(name: str, args: Any) -> None:
     """`zoo run NAME --image PATH [...] [--checkpoint DIR]`: each image's token shapes and class-token norm."""
-    from pathlib import Path
+    from .classify import image_model, load_image
 
-    from ..factory import create, from_pretrained
-    from ..registry import split_name
-    from .classify import load_image
-
-    if not args.image:
-        raise InputError(f"zoo run {name} encodes images: give one or more with --image PATH.")
-    missing = [path for path in args.image if not Path(path).is_file()]
-    if missing:
-        raise InputError(f"--image {missing[0]}: no such file.")
-    entry, _ = split_name(name)
-    if args.checkpoint:
-        model = from_pretrained(args.checkpoint, family=entry.family, dtype=args.dtype or "auto", device=args.device)
-    else:
-        model = create(name, pretrained=True, dtype=args.dtype, device=args.device)
-    model.eval()
+    model = image_model(name, args, "encodes images")
     transform = processor_transform(model.pretrained_cfg)
     parameter = next(model.parameters())
     for path in args.image:
