@@ -25,7 +25,7 @@ from torch import Tensor
 
 from zoo.errors import InputError
 from zoo.vlm.llavamini import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from zoo.vlm.smolvlm_processing import build_byte_tokenizer, load_image
+from zoo.vlm.smolvlm_processing import build_byte_tokenizer, decode_video, load_image
 
 IMAGE_TOKEN = "<image>"
 SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand the visual content that "
@@ -88,32 +88,7 @@ def video_frame_indices(total_frames: int, video_fps: float, fps: float = 1.0) -
 
 def load_video_frames(path: str | Path, fps: float = 1.0) -> Tensor:
     """The frames (T, 3, H, W) uint8 of a video file that `video_frame_indices` picks (decoded with PyAV)."""
-    import av
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Video file not found: {path}")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise InputError(f"Cannot use video {path}: it has no video stream")
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or 0)
-            total = stream.frames or (round(container.duration / av.time_base * rate) if container.duration else 0)
-            if not rate or not total:
-                raise InputError(f"Cannot use video {path}: its frame rate or frame count is unknown")
-            wanted = set(video_frame_indices(total, rate, fps))
-            frames = []
-            for index, frame in enumerate(container.decode(stream)):
-                if index in wanted:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                if index >= max(wanted):
-                    break
-    except av.FFmpegError as error:
-        raise InputError(f"Cannot decode video {path}: {error}") from error
-    if not frames:
-        raise InputError(f"Cannot use video {path}: it has no frames that could be decoded")
-    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    return decode_video(path, lambda total, rate: video_frame_indices(total, rate, fps))[0]
 
 
 class LlavaMiniProcessor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -238,8 +238,11 @@ class SampledVideo:
     duration: float
 
 
-def load_video(path: str | Path, fps: float = 1.0, max_frames: int = 64) -> SampledVideo:
-    """Decodes the frames `sample_frame_indices` picks from a video file (any format FFmpeg reads, via PyAV)."""
+def decode_video(
+    path: str | Path, pick: Callable[[int, float], Sequence[int]]
+) -> tuple[Tensor, list[int], float, int]:
+    """The frames (T, 3, H, W) uint8 of a video file (any format FFmpeg reads, via PyAV) at the sorted indices
+    `pick(total_frames, frame_rate)` chooses; returns them with their indices, the frame rate and the frame count."""
     import av
 
     path = Path(path)
@@ -250,14 +253,13 @@ def load_video(path: str | Path, fps: float = 1.0, max_frames: int = 64) -> Samp
             if not container.streams.video:
                 raise InputError(f"Cannot use video {path}: it has no video stream")
             stream = container.streams.video[0]
-            video_fps = float(stream.average_rate or 0)
-            total_num_frames = stream.frames
-            if not total_num_frames and video_fps and container.duration:
-                total_num_frames = round(container.duration / av.time_base * video_fps)
-            if not video_fps or not total_num_frames:
+            rate = float(stream.average_rate or 0)
+            total = stream.frames
+            if not total and rate and container.duration:
+                total = round(container.duration / av.time_base * rate)
+            if not rate or not total:
                 raise InputError(f"Cannot use video {path}: its frame rate or frame count is unknown")
-            duration = total_num_frames / video_fps
-            wanted = sample_frame_indices(total_num_frames, video_fps, duration, fps, max_frames).tolist()
+            wanted = sorted(set(pick(total, rate)))
             indices, frames = [], []
             for index, frame in enumerate(container.decode(stream)):
                 if index in wanted:
@@ -269,8 +271,14 @@ def load_video(path: str | Path, fps: float = 1.0, max_frames: int = 64) -> Samp
         raise InputError(f"Cannot decode video {path}: {error}") from error
     if not frames:
         raise InputError(f"Cannot use video {path}: no frame could be decoded")
-    frames = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-    return SampledVideo(frames, [index / video_fps for index in indices], duration)
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2), indices, rate, total
+
+
+def load_video(path: str | Path, fps: float = 1.0, max_frames: int = 64) -> SampledVideo:
+    """Decodes the frames `sample_frame_indices` picks from a video file (any format FFmpeg reads, via PyAV)."""
+    frames, indices, rate, total = decode_video(
+        path, lambda total, rate: sample_frame_indices(total, rate, total / rate, fps, max_frames).tolist())
+    return SampledVideo(frames, [index / rate for index in indices], total / rate)
 
 
 def load_image(image: ImageInput) -> Tensor:
