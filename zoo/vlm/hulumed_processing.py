@@ -31,7 +31,7 @@ from transformers import BatchFeature
 
 from zoo.backbones.navit import patchify
 from zoo.errors import InputError, ZooError
-from zoo.vlm.smolvlm_processing import load_image
+from zoo.vlm.smolvlm_processing import load_image, processor_folder, read_json
 
 IMAGE_TOKEN = "<image>"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -269,15 +269,10 @@ class HuluMedProcessor:
         tokenizer; keyword arguments override them."""
         from transformers import AutoTokenizer
 
-        folder = Path(folder_or_repo)
-        if not folder.is_dir():
-            from zoo.hub import download
-
-            folder = download(str(folder_or_repo), revision=revision, allow_patterns=["*.json", "*.jinja", "*.txt"])
+        folder = processor_folder(folder_or_repo, revision)
 
         def read(name: str) -> dict:
-            path = folder / name
-            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            return read_json(folder / name)
 
         image, processor = read("preprocessor_config.json"), read("processor_config.json")
         template = folder / "chat_template.jinja"

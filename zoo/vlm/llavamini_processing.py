@@ -25,7 +25,7 @@ from torch import Tensor
 
 from zoo.errors import InputError
 from zoo.vlm.llavamini import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from zoo.vlm.smolvlm_processing import build_byte_tokenizer, decode_video, load_image
+from zoo.vlm.smolvlm_processing import build_byte_tokenizer, decode_video, load_image, processor_folder
 
 IMAGE_TOKEN = "<image>"
 SYSTEM_PROMPT = ("You are a helpful language and vision assistant. You are able to understand the visual content that "
@@ -133,13 +133,7 @@ class LlavaMiniProcessor:
         or CLIP's defaults at the tower's image size."""
         from transformers import AutoTokenizer
 
-        folder = None
-        if folder_or_repo is not None:
-            folder = Path(folder_or_repo)
-            if not folder.is_dir():
-                from zoo.hub import download
-
-                folder = download(str(folder_or_repo), allow_patterns=["*.json", "*.jinja", "*.txt"])
+        folder = processor_folder(folder_or_repo) if folder_or_repo is not None else None
         tokenizer = AutoTokenizer.from_pretrained(folder) if folder is not None else build_llama_byte_tokenizer()
         image = _read_preprocessor(folder, config.vision_tower)
         size = image.get("crop_size", config.vision.image_size)

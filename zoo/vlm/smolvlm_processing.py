@@ -318,6 +318,22 @@ def _check_image_size(width: int, height: int) -> None:
         raise InputError(f"Cannot use an image of {width}x{height} pixels: both sides need at least 1 pixel")
 
 
+def processor_folder(folder_or_repo: str | Path, revision: str | None = None) -> Path:
+    """A local folder holding a processor's files: the folder itself, or its configs, chat template and tokenizer
+    files downloaded from the Hub repo of that name."""
+    folder = Path(folder_or_repo)
+    if folder.is_dir():
+        return folder
+    from zoo.hub import download
+
+    return download(str(folder_or_repo), revision=revision, allow_patterns=["*.json", "*.jinja", "*.txt"])
+
+
+def read_json(path: Path) -> dict:
+    """A JSON config file's content, or {} when there is no such file."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def _open_image(path: str | Path) -> Image.Image:
     if str(path).startswith(("http://", "https://")):
         raise InputError(f"Images are read from local files; download {path} first and pass the file path")
@@ -400,15 +416,10 @@ class SmolVLMProcessor:
         """
         from transformers import AutoTokenizer
 
-        folder = Path(folder_or_repo)
-        if not folder.is_dir():
-            from zoo.hub import download
-
-            folder = download(str(folder_or_repo), revision=revision, allow_patterns=["*.json", "*.jinja", "*.txt"])
+        folder = processor_folder(folder_or_repo, revision)
 
         def read(name: str) -> dict:
-            path = folder / name
-            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            return read_json(folder / name)
 
         processor = read("processor_config.json")
         image = processor.get("image_processor") or read("preprocessor_config.json")
