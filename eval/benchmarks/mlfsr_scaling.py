@@ -1,17 +1,28 @@
-"""Whole-light-field inference of MLFSR against EPIT as the light field grows: time, peak memory, scaling exponents.
+"""Whole-light-field inference of MLFSR against EPIT as the light field grows: time, peak memory, scaling exponents,
+and the largest light field each runs in 8 GiB, measured.
 
 MLFSR's claim (arXiv 2406.16083) is that its Mamba subspace scans cost time and memory linear in the number of
 pixels, so whole light fields run at once, where Transformers such as EPIT grow faster (attention over epipolar
 planes of 5 x h tokens) and are run on patches. For 5x5 views of s x s LR pixels (x4, published widths, random
-weights, batch 1, fp32, `torch.no_grad`), each (model, size) runs in a fresh subprocess: one warm-up forward, then
-`--repeats` timed ones (median), and the peak memory above the loaded model (CUDA: max_memory_allocated; CPU: the
-process's peak RSS, ru_maxrss). The two models alternate size by size, so load drift on a shared machine hits both.
-A size is skipped once the memory of the last two sizes, extrapolated, passes `--max-memory-gb`.
+weights, batch 1, fp32, `torch.no_grad`), each (model, size) runs in a fresh subprocess: one warm-up forward at
+min(s, `--warmup-size`)^2 (library set-up; large sizes are not run twice), then `--repeats` timed forwards at s^2
+(median). Memory is the process's peak RSS during the timed forwards (VmHWM, reset before them) above its RSS after
+the warm-up (model, input, the libraries' code and set-up): the activations and workspace of the forward; CUDA:
+max_memory_allocated above the allocated bytes before the timed forwards. Each forward also records its CPU time
+(user, system), minor page faults and involuntary context switches, and each worker the load average before and
+after. The two models alternate size by size, so load drift hits both. `--competitors N` runs N busy loops beside
+each worker: how much a shared CPU slows each model.
 
 The exponents are least-squares slopes of log(time) and log(memory) against log(pixels per view) over the sizes
-that ran; "largest in 8 GB" is the view size where the fitted memory law reaches 8 GiB (extrapolated where no
-measured size got there; the output says which). Run under the shared lock on a busy CPU:
-`flock /tmp/zoo-heavy.lock python -m eval.benchmarks.mlfsr_scaling --sizes 16 24 32 48 64`.
+that ran (all, and the upper half, where fixed costs matter least). `--limit-search` then measures the largest view
+size that runs in `--limit-gib` GiB: a worker whose memory above the loaded model passes the cap is stopped at once
+by a sampler thread (polling RSS every 10 ms), so failing sizes cost only the forward up to that point. The search
+brackets the limit between the largest size measured under the cap and the smallest measured over it: each next
+size is the law linear in pixels through the two largest measured sizes, solved for the cap (kept inside the
+bracket, else its midpoint) and rounded to `--limit-step`, until the bracket is `--limit-step` wide or `--limit-runs`
+runs were spent per model. These runs warm up at 4^2 only, so little of the warm-up stays resident.
+Run under the shared lock on a busy CPU:
+`flock /tmp/zoo-heavy.lock python -m eval.benchmarks.mlfsr_scaling --sizes 16 32 48 64 96 128 --limit-search`.
 """
 
 from __future__ import annotations
@@ -19,8 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,42 +42,88 @@ import torch
 
 MODELS = ("mlfsr-x4", "epit-x4")
 GIB = 1024**3
+EXCEEDED = 3  # a worker's exit status when it passed the memory cap
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's high-water mark of this process's RSS (VmHWM) to its current RSS."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
 
 
 def _peak_rss() -> int:
-    import resource
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+def _usage() -> tuple[float, float, int, int]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime, usage.ru_minflt, usage.ru_nivcsw
 
 
-def worker(model_name: str, size: int, repeats: int, device: str, threads: int) -> dict:
+def _memory_cap(base: int, cap_bytes: int, started: float) -> None:
+    """Stop the process as soon as its RSS passes `base` + `cap_bytes` (a daemon thread; torch ops release the GIL)."""
+
+    def watch():
+        while True:
+            rss = _rss()
+            if rss - base > cap_bytes:
+                print(json.dumps({"exceeded": True, "rss_above_model_bytes": rss - base,
+                                  "seconds_before_stop": time.perf_counter() - started}), flush=True)
+                os._exit(EXCEEDED)
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def worker(model_name: str, size: int, repeats: int, device: str, threads: int, warmup_size: int = 16,
+           cap_gib: float | None = None) -> dict:
     """One (model, size) measurement in this process."""
     import zoo
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()
     model = zoo.create(model_name).eval().to(device)
     lr = torch.rand(1, 1, 5 * size, 5 * size, device=device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _peak_rss()
-    times = []
+    warmup = min(size, warmup_size)
+    forwards = []
     with torch.no_grad():
-        for i in range(repeats + 1):
-            start = time.perf_counter()
+        model(torch.rand(1, 1, 5 * warmup, 5 * warmup, device=device))
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = _rss()
+            _reset_peak_rss()
+            if cap_gib is not None:
+                _memory_cap(base, int(cap_gib * GIB), time.perf_counter())
+        for _ in range(repeats):
+            before, start = _usage(), time.perf_counter()
             out = model(lr)
             if device == "cuda":
                 torch.cuda.synchronize()
-            if i:
-                times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss()) - base
+            wall, after = time.perf_counter() - start, _usage()
+            forwards.append({"wall_s": wall, "user_s": after[0] - before[0], "sys_s": after[1] - before[1],
+                             "minor_faults": after[2] - before[2], "involuntary_switches": after[3] - before[3]})
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _peak_rss() - base
     assert out.shape[-1] == 5 * size * model.config.scale
-    times.sort()
-    return {"model": model_name, "size": size, "pixels": size * size, "times_s": times,
-            "median_s": times[len(times) // 2], "peak_bytes": max(peak, 0)}
+    walls = sorted(f["wall_s"] for f in forwards)
+    return {"model": model_name, "size": size, "pixels": size * size, "forwards": forwards,
+            "median_s": walls[len(walls) // 2], "peak_bytes": max(peak, 0), "model_rss_bytes": base,
+            "load_before": load_before, "load_after": os.getloadavg()}
 
 
 def fit_power_law(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -74,66 +134,163 @@ def fit_power_law(points: list[tuple[float, float]]) -> tuple[float, float]:
     return k, math.exp(my - k * mx)
 
 
-def _predicted_peak(rows: list[dict], size: int) -> float:
-    if len(rows) < 2:
-        return 0.0
-    k, a = fit_power_law([(r["pixels"], max(r["peak_bytes"], 1)) for r in rows[-2:]])
-    return a * (size * size) ** k
+def next_limit_size(measured: dict[int, float], stopped: set[int], cap: float, step: int) -> int | None:
+    """The next view size to try in the search for the largest size whose memory stays under `cap`.
+
+    `measured` maps view sizes to measured peak bytes; `stopped` holds the sizes stopped at the cap (over it). The
+    two largest measured sizes give a law linear in the pixels, solved for the cap; the answer is rounded to `step`
+    and kept strictly inside the bracket (the largest size under the cap, the smallest over it), else the bracket's
+    midpoint. None when the bracket is `step` wide or less.
+    """
+    under = [s for s, m in measured.items() if m <= cap]
+    over = [s for s, m in measured.items() if m > cap] + list(stopped)
+    lo, hi = (max(under) if under else 0), (min(over) if over else None)
+    if hi is not None and hi - lo <= step:
+        return None
+    guess = 2 * lo if lo else step
+    if len(measured) >= 2:
+        (s1, m1), (s2, m2) = sorted(measured.items())[-2:]
+        slope = (m2 - m1) / (s2 * s2 - s1 * s1)
+        if slope > 0:
+            guess = math.sqrt(max(s2 * s2 + (cap - m2) / slope, 1))
+    guess = step * round(guess / step)
+    if hi is None:
+        return max(guess, lo + step)
+    if not lo < guess < hi:
+        guess = step * round((lo + hi) / 2 / step)
+    return guess if lo < guess < hi else None
 
 
-def summarise(rows: list[dict], budget: float = 8 * GIB) -> dict:
+def summarise(rows: list[dict], limits: dict[str, dict]) -> dict:
     summary = {}
     for name in MODELS:
-        mine = [r for r in rows if r["model"] == name]
+        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: r["size"])
         if len(mine) < 2:
             continue
-        k_time, _ = fit_power_law([(r["pixels"], r["median_s"]) for r in mine])
-        k_mem, a_mem = fit_power_law([(r["pixels"], max(r["peak_bytes"], 1)) for r in mine])
-        side = math.sqrt((budget / a_mem) ** (1 / k_mem))
-        measured = max(r["peak_bytes"] for r in mine) >= budget
-        summary[name] = {"time_exponent": k_time, "memory_exponent": k_mem, "largest_side_in_8gib": side,
-                         "largest_side_is": "measured" if measured else "extrapolated"}
+        upper = mine[len(mine) // 2:] if len(mine) >= 4 else mine
+        entry = {}
+        for label, subset in (("", mine), ("upper_", upper)):
+            entry[f"{label}sizes"] = [r["size"] for r in subset]
+            entry[f"{label}time_exponent"] = fit_power_law([(r["pixels"], r["median_s"]) for r in subset])[0]
+            entry[f"{label}cpu_time_exponent"] = fit_power_law(
+                [(r["pixels"], r["forwards"][0]["user_s"] + r["forwards"][0]["sys_s"]) for r in subset])[0]
+            entry[f"{label}memory_exponent"] = fit_power_law([(r["pixels"], max(r["peak_bytes"], 1))
+                                                              for r in subset])[0]
+        if name in limits:
+            entry["limit"] = limits[name]
+        summary[name] = entry
     return summary
+
+
+def _run_worker(args, name: str, size: int, repeats: int, cap_gib: float | None = None,
+                warmup_size: int | None = None) -> dict:
+    competitors = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.competitors)]
+    command = [sys.executable, "-m", "eval.benchmarks.mlfsr_scaling", "--worker", name, str(size),
+               "--repeats", str(repeats), "--device", args.device, "--threads", str(args.threads),
+               "--warmup-size", str(args.warmup_size if warmup_size is None else warmup_size)]
+    if cap_gib is not None:
+        command += ["--cap-gib", str(cap_gib)]
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=args.worker_timeout)
+    finally:
+        for competitor in competitors:
+            competitor.kill()
+            competitor.wait()
+    lines = result.stdout.strip().splitlines()
+    record = json.loads(lines[-1]) if lines else {}
+    if result.returncode == EXCEEDED and record.get("exceeded"):
+        return {"model": name, "size": size, "exceeded": True, "cap_gib": cap_gib,
+                "process_s": time.perf_counter() - start, **record}
+    if result.returncode:
+        raise RuntimeError(f"{name} at {size}^2 failed:\n{result.stderr[-2000:]}")
+    return record | {"process_s": time.perf_counter() - start}
+
+
+def _print_row(row: dict) -> None:
+    if row.get("exceeded"):
+        print(f"{row['model']:9s} {row['size']:4d}^2: over {row['cap_gib']} GiB above the model after "
+              f"{row['seconds_before_stop']:.0f} s, stopped", flush=True)
+        return
+    f = row["forwards"][0]
+    print(f"{row['model']:9s} {row['size']:4d}^2 views: median {row['median_s']:8.2f} s (cpu {f['user_s']:.1f} user "
+          f"+ {f['sys_s']:.1f} sys, {f['minor_faults']} faults)  peak {row['peak_bytes'] / GIB:6.2f} GiB  "
+          f"load {row['load_before'][0]:.2f} -> {row['load_after'][0]:.2f}", flush=True)
+
+
+def search_limit(args, name: str, rows: list[dict]) -> dict:
+    """Bracket the largest view size whose forward stays under `--limit-gib` (see the module docstring)."""
+    cap = args.limit_gib * GIB
+    measured = {r["size"]: r["peak_bytes"] for r in rows if r["model"] == name}
+    stopped: set[int] = set()
+    runs = []
+    while len(runs) < args.limit_runs:
+        size = next_limit_size(measured, stopped, cap, args.limit_step)
+        if size is None:
+            break
+        available = _available_memory()
+        if available < cap + 2 * GIB:
+            print(f"{name} {size}^2: not run, only {available / GIB:.1f} GiB available", flush=True)
+            break
+        row = _run_worker(args, name, size, 1, cap_gib=args.limit_gib, warmup_size=4)
+        _print_row(row)
+        runs.append(row)
+        if row.get("exceeded"):
+            stopped.add(size)
+        else:
+            measured[size] = row["peak_bytes"]
+    under = [s for s, m in measured.items() if m <= cap]
+    over = [s for s, m in measured.items() if m > cap] + list(stopped)
+    return {"cap_gib": args.limit_gib, "largest_under": max(under) if under else None,
+            "smallest_over": min(over) if over else None, "runs": runs}
+
+
+def _available_memory() -> int:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 24, 32, 48])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 48, 64, 96, 128])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--warmup-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-memory-gb", type=float, default=3.0)
+    parser.add_argument("--competitors", type=int, default=0,
+                        help="CPU-bound busy loops run beside each worker (to measure sensitivity to a shared CPU)")
+    parser.add_argument("--limit-search", action="store_true")
+    parser.add_argument("--limit-gib", type=float, default=8.0)
+    parser.add_argument("--limit-step", type=int, default=8)
+    parser.add_argument("--limit-runs", type=int, default=3)
+    parser.add_argument("--worker-timeout", type=float, default=900)
+    parser.add_argument("--cap-gib", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--output", default="eval/results/mlfsr-scaling")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, args.device, args.threads)))
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.repeats, args.device, args.threads,
+                                args.warmup_size, args.cap_gib)))
         return
+    started, load_start = time.time(), os.getloadavg()
     rows: list[dict] = []
-    skipped: list[dict] = []
     for size in args.sizes:
         for name in MODELS:
-            mine = [r for r in rows if r["model"] == name]
-            predicted = _predicted_peak(mine, size)
-            if predicted > args.max_memory_gb * GIB or any(s["model"] == name for s in skipped):
-                skipped.append({"model": name, "size": size, "predicted_peak_bytes": predicted})
-                print(f"{name:9s} {size:4d}^2: skipped, predicted peak {predicted / GIB:.1f} GiB", flush=True)
-                continue
-            command = [sys.executable, "-m", "eval.benchmarks.mlfsr_scaling", "--worker", name, str(size),
-                       "--repeats", str(args.repeats), "--device", args.device, "--threads", str(args.threads)]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode:
-                print(f"{name} {size}: failed\n{result.stderr[-2000:]}", flush=True)
-                skipped.append({"model": name, "size": size, "error": result.stderr[-300:]})
-                continue
-            row = json.loads(result.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(f"{name:9s} {size:4d}^2 views: median {row['median_s']:8.2f} s  "
-                  f"peak {row['peak_bytes'] / GIB:6.2f} GiB", flush=True)
-    summary = summarise(rows)
+            rows.append(_run_worker(args, name, size, args.repeats))
+            _print_row(rows[-1])
+    limits = {name: search_limit(args, name, rows) for name in MODELS} if args.limit_search else {}
+    summary = summarise(rows, limits)
     for name, s in summary.items():
-        print(f"{name}: time ~ pixels^{s['time_exponent']:.2f}, memory ~ pixels^{s['memory_exponent']:.2f}; "
-              f"8 GiB reached at about {s['largest_side_in_8gib']:.0f}^2 LR pixels per view ({s['largest_side_is']})")
+        print(f"{name}: time ~ pixels^{s['time_exponent']:.2f} (sizes {s['sizes']}), "
+              f"^{s['upper_time_exponent']:.2f} over {s['upper_sizes']}; memory ~ pixels^{s['memory_exponent']:.2f}, "
+              f"^{s['upper_memory_exponent']:.2f}")
+        if "limit" in s:
+            limit = s["limit"]
+            print(f"  largest view in {limit['cap_gib']} GiB: between {limit['largest_under']}^2 (under, measured) "
+                  f"and {limit['smallest_over']}^2 (over, measured)")
     for size in args.sizes:
         pair = {r["model"]: r for r in rows if r["size"] == size}
         if len(pair) == 2:
@@ -142,8 +299,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"memory {e['peak_bytes'] / max(m['peak_bytes'], 1):.2f}x")
     record = {
         "benchmark": "mlfsr-scaling", "device": args.device, "threads": args.threads, "repeats": args.repeats,
-        "torch": torch.__version__, "input": "5x5 views of s x s LR pixels, x4, batch 1, fp32, no_grad",
-        "rows": rows, "skipped": skipped, "summary": summary,
+        "competitors": args.competitors,
+        "warmup_size": args.warmup_size, "torch": torch.__version__,
+        "input": "5x5 views of s x s LR pixels, x4, batch 1, fp32, no_grad",
+        "load_start": load_start, "load_end": os.getloadavg(), "wall_minutes": (time.time() - started) / 60,
+        "rows": rows, "summary": summary,
         "note": "shared machine: compare the two models (alternated size by size), not absolute times",
     }
     path = Path(f"{args.output}-{args.device}.json")
