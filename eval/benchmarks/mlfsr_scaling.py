@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit-step", type=int, default=8)
     parser.add_argument("--limit-runs", type=int, default=3)
     parser.add_argument("--worker-timeout", type=float, default=900)
+    parser.add_argument("--rows-from", help="a result JSON of this benchmark whose sizes are not run again")
     parser.add_argument("--cap-gib", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--output", default="eval/results/mlfsr-scaling")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
@@ -276,9 +277,11 @@ def main(argv: list[str] | None = None) -> None:
                                 args.warmup_size, args.cap_gib)))
         return
     started, load_start = time.time(), os.getloadavg()
-    rows: list[dict] = []
+    rows: list[dict] = json.loads(Path(args.rows_from).read_text())["rows"] if args.rows_from else []
     for size in args.sizes:
         for name in MODELS:
+            if any(r["model"] == name and r["size"] == size for r in rows):
+                continue
             rows.append(_run_worker(args, name, size, args.repeats))
             _print_row(rows[-1])
     limits = {name: search_limit(args, name, rows) for name in MODELS} if args.limit_search else {}
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             limit = s["limit"]
             print(f"  largest view in {limit['cap_gib']} GiB: between {limit['largest_under']}^2 (under, measured) "
                   f"and {limit['smallest_over']}^2 (over, measured)")
-    for size in args.sizes:
+    for size in sorted({r["size"] for r in rows}):
         pair = {r["model"]: r for r in rows if r["size"] == size}
         if len(pair) == 2:
             m, e = pair["mlfsr-x4"], pair["epit-x4"]
@@ -299,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"memory {e['peak_bytes'] / max(m['peak_bytes'], 1):.2f}x")
     record = {
         "benchmark": "mlfsr-scaling", "device": args.device, "threads": args.threads, "repeats": args.repeats,
-        "competitors": args.competitors,
+        "competitors": args.competitors, "rows_from": args.rows_from,
+        "malloc_env": {key: value for key, value in os.environ.items() if key.startswith("MALLOC_")},
         "warmup_size": args.warmup_size, "torch": torch.__version__,
         "input": "5x5 views of s x s LR pixels, x4, batch 1, fp32, no_grad",
         "load_start": load_start, "load_end": os.getloadavg(), "wall_minutes": (time.time() - started) / 60,
