@@ -193,6 +193,8 @@ def _run_worker(args, name: str, size: int, repeats: int, cap_gib: float | None 
     start = time.perf_counter()
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=args.worker_timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "size": size, "timed_out": True, "process_s": time.perf_counter() - start}
     finally:
         for competitor in competitors:
             competitor.kill()
@@ -208,6 +210,9 @@ def _run_worker(args, name: str, size: int, repeats: int, cap_gib: float | None 
 
 
 def _print_row(row: dict) -> None:
+    if row.get("timed_out"):
+        print(f"{row['model']:9s} {row['size']:4d}^2: stopped after {row['process_s']:.0f} s (--worker-timeout)")
+        return
     if row.get("exceeded"):
         print(f"{row['model']:9s} {row['size']:4d}^2: over {row['cap_gib']} GiB above the model after "
               f"{row['seconds_before_stop']:.0f} s, stopped", flush=True)
@@ -235,6 +240,8 @@ def search_limit(args, name: str, rows: list[dict]) -> dict:
         row = _run_worker(args, name, size, 1, cap_gib=args.limit_gib, warmup_size=4)
         _print_row(row)
         runs.append(row)
+        if row.get("timed_out"):
+            break
         if row.get("exceeded"):
             stopped.add(size)
         else:
@@ -282,8 +289,10 @@ def main(argv: list[str] | None = None) -> None:
         for name in MODELS:
             if any(r["model"] == name and r["size"] == size for r in rows):
                 continue
-            rows.append(_run_worker(args, name, size, args.repeats))
-            _print_row(rows[-1])
+            row = _run_worker(args, name, size, args.repeats)
+            _print_row(row)
+            if not row.get("timed_out"):
+                rows.append(row)
     limits = {name: search_limit(args, name, rows) for name in MODELS} if args.limit_search else {}
     summary = summarise(rows, limits)
     for name, s in summary.items():
