@@ -5,8 +5,9 @@ For 5x5 views of s x s LR pixels (x4, published widths, random weights, batch 1,
 
 1. plain, timed: wall, CPU time (user, system), minor and major page faults, involuntary context switches, and the
    peak RSS (VmHWM, reset before) above the RSS before it;
-2. with hooks on the body's blocks and the upsampler: the peak RSS during each, above the RSS before the forward
-   (where the forward's peak is);
+2. with every allocation of 64 KiB or more its own mmap (so the RSS follows the live tensors, not what glibc keeps
+   for reuse; from here on): the forward's peak RSS again, and with hooks on the shallow convs, the body's blocks and the upsampler,
+   the peak RSS during each above the RSS before the forward (where the forward's peak is);
 3. with the selective scan wrapped: the peak RSS of each scan call above its RSS at entry, in units of one
    (batch, d_inner, length) fp32 input of the scan (what the scan itself adds); and per subspace the scan's input
    shape, the path it takes (the `zoo::selective_scan` op: mamba-ssm's kernel only for CUDA tensors with mamba-ssm
@@ -52,10 +53,21 @@ def _swap_total_bytes() -> int:
     return 0
 
 
+def _mmap_every_allocation() -> None:
+    """Make glibc serve every allocation of 64 KiB or more by its own mmap, unmapped when freed, so that the RSS
+    follows the live tensors instead of keeping freed memory for reuse (the memory passes only)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
+    libc.malloc_trim(0)
+
+
 def stage_peaks(model, lr) -> dict[str, float]:
-    """Peak RSS (MiB) during each body block and the upsampler above the RSS before the forward; 'forward' for the
-    whole forward."""
-    stages = {f"altblock.{i}.{type(m).__name__}": m for i, m in enumerate(model.altblock)}
+    """Peak RSS (MiB) during the shallow convs, each body block and the upsampler, above the RSS before the forward."""
+    stages = {"conv_init0": model.conv_init0, "conv_init": model.conv_init}
+    stages |= {f"altblock.{i}.{type(m).__name__}": m for i, m in enumerate(model.altblock)}
     stages["upsampling"] = model.upsampling
     peaks: dict[str, float] = {}
     handles = []
@@ -101,6 +113,11 @@ def main(argv: list[str] | None = None) -> None:
         plain = {"wall_s": wall, "user_s": after[0] - before[0], "sys_s": after[1] - before[1],
                  "minor_faults": after[2] - before[2], "major_faults": after[3] - before[3],
                  "involuntary_switches": after[4] - before[4], "peak_rss_above_mib": (_peak_rss() - base) / MIB}
+        _mmap_every_allocation()
+        base = _rss()
+        _reset_peak_rss()
+        model(lr)
+        plain["peak_rss_above_mib_mmap_allocations"] = (_peak_rss() - base) / MIB
         stages = stage_peaks(model, lr)
 
         scans: dict[str, dict] = {}
