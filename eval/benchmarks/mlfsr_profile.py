@@ -1,13 +1,13 @@
 """Where a whole-light-field MLFSR forward spends its time and memory: scan path, chunking, page faults, peaks.
 
 For 5x5 views of s x s LR pixels (x4, published widths, random weights, batch 1, fp32, no_grad), after a warm-up at
-16^2, four forwards:
+16^2, five forwards:
 
 1. plain, timed: wall, CPU time (user, system), minor and major page faults, involuntary context switches, and the
    peak RSS (VmHWM, reset before) above the RSS before it;
 2. with every allocation of 64 KiB or more its own mmap (so the RSS follows the live tensors, not what glibc keeps
-   for reuse; from here on): the forward's peak RSS again, and with hooks on the shallow convs, the body's blocks and the upsampler,
-   the peak RSS during each above the RSS before the forward (where the forward's peak is);
+   for reuse; from here on): the forward's peak RSS again, then with hooks on the shallow convs, the body's blocks
+   and the upsampler, the peak RSS during each above the RSS before the forward (where the forward's peak is);
 3. with the selective scan wrapped: the peak RSS of each scan call above its RSS at entry, in units of one
    (batch, d_inner, length) fp32 input of the scan (what the scan itself adds); and per subspace the scan's input
    shape, the path it takes (the `zoo::selective_scan` op: mamba-ssm's kernel only for CUDA tensors with mamba-ssm
