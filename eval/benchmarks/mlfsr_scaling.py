@@ -23,6 +23,8 @@ bracket, else its midpoint) and rounded to `--limit-step`, until the bracket is 
 runs were spent per model. These runs warm up at 4^2 only, so little of the warm-up stays resident.
 Run under the shared lock on a busy CPU:
 `flock /tmp/zoo-heavy.lock python -m eval.benchmarks.mlfsr_scaling --sizes 16 32 48 64 96 128 --limit-search`.
+It writes `<output>-<device>.json` and a plot of time and memory against pixels next to it (`.png`); with
+`--rows-from` an earlier result and no new sizes, it only redraws and re-fits.
 """
 
 from __future__ import annotations
@@ -182,6 +184,45 @@ def summarise(rows: list[dict], limits: dict[str, dict]) -> dict:
     return summary
 
 
+def plot(rows: list[dict], limits: dict[str, dict], path: Path, cap_gib: float) -> None:
+    """Time and peak memory against the LR pixels per view, log-log, with the fitted exponents; the memory panel
+    marks the cap and the sizes of the limit search (stopped runs as crosses at the cap)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, colour in zip(MODELS, ("tab:blue", "tab:orange")):
+        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: r["size"])
+        if len(mine) < 2:
+            continue
+        pixels = [r["pixels"] for r in mine]
+        k_time = fit_power_law([(r["pixels"], r["median_s"]) for r in mine])[0]
+        k_memory = fit_power_law([(r["pixels"], max(r["peak_bytes"], 1)) for r in mine])[0]
+        time_axis.plot(pixels, [r["median_s"] for r in mine], "o-", color=colour, label=f"{name}: ~pixels^{k_time:.2f}")
+        memory_axis.plot(pixels, [r["peak_bytes"] / GIB for r in mine], "o-", color=colour,
+                         label=f"{name}: ~pixels^{k_memory:.2f}")
+        for run in limits.get(name, {}).get("runs", []):
+            if run.get("exceeded"):
+                memory_axis.plot(run["size"] ** 2, cap_gib, "x", color=colour, markersize=9)
+            elif not run.get("timed_out"):
+                memory_axis.plot(run["size"] ** 2, run["peak_bytes"] / GIB, "s", color=colour, fillstyle="none")
+    memory_axis.axhline(cap_gib, color="grey", linestyle="--", linewidth=1)
+    for axis, label in ((time_axis, "forward time (s)"), (memory_axis, "peak memory above the model (GiB)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("LR pixels per view (5x5 views, x4)")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    time_axis.set_title("whole-light-field inference, CPU")
+    memory_axis.set_title(f"{cap_gib:g} GiB search: squares under, crosses stopped over")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def _run_worker(args, name: str, size: int, repeats: int, cap_gib: float | None = None,
                 warmup_size: int | None = None) -> dict:
     competitors = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.competitors)]
@@ -294,6 +335,9 @@ def main(argv: list[str] | None = None) -> None:
             if not row.get("timed_out"):
                 rows.append(row)
     limits = {name: search_limit(args, name, rows) for name in MODELS} if args.limit_search else {}
+    if not limits and args.rows_from:
+        earlier = json.loads(Path(args.rows_from).read_text())["summary"]
+        limits = {name: entry["limit"] for name, entry in earlier.items() if "limit" in entry}
     summary = summarise(rows, limits)
     for name, s in summary.items():
         print(f"{name}: time ~ pixels^{s['time_exponent']:.2f} (sizes {s['sizes']}), "
@@ -322,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     path = Path(f"{args.output}-{args.device}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1))
-    print(f"wrote {path}")
+    plot(rows, limits, path.with_suffix(".png"), args.limit_gib)
+    print(f"wrote {path} and {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
