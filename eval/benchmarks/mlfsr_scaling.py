@@ -17,10 +17,11 @@ The exponents are least-squares slopes of log(time) and log(memory) against log(
 that ran (all, and the upper half, where fixed costs matter least). `--limit-search` then measures the largest view
 size that runs in `--limit-gib` GiB: a worker whose memory above the loaded model passes the cap is stopped at once
 by a sampler thread (polling RSS every 10 ms), so failing sizes cost only the forward up to that point. The search
-brackets the limit between the largest size measured under the cap and the smallest measured over it: each next
-size is the law linear in pixels through the two largest measured sizes, solved for the cap (kept inside the
-bracket, else its midpoint) and rounded to `--limit-step`, until the bracket is `--limit-step` wide or `--limit-runs`
-runs were spent per model. These runs warm up at 4^2 only, so little of the warm-up stays resident.
+brackets the limit between the largest size measured under the cap and the smallest measured over it: the first
+size is the law linear in pixels through the two largest measured sizes, solved for the cap and rounded down to
+`--limit-step`; then the search steps by `--limit-step` towards the limit (kept inside the bracket), until the
+bracket is `--limit-step` wide or `--limit-runs` runs were spent per model. These runs warm up at 4^2 only, so
+little of the warm-up stays resident.
 Run under the shared lock on a busy CPU:
 `flock /tmp/zoo-heavy.lock python -m eval.benchmarks.mlfsr_scaling --sizes 16 32 48 64 96 128 --limit-search`.
 It writes `<output>-<device>.json` and a plot of time and memory against pixels next to it (`.png`); with
@@ -140,27 +141,23 @@ def next_limit_size(measured: dict[int, float], stopped: set[int], cap: float, s
     """The next view size to try in the search for the largest size whose memory stays under `cap`.
 
     `measured` maps view sizes to measured peak bytes; `stopped` holds the sizes stopped at the cap (over it). The
-    two largest measured sizes give a law linear in the pixels, solved for the cap; the answer is rounded to `step`
-    and kept strictly inside the bracket (the largest size under the cap, the smallest over it), else the bracket's
-    midpoint. None when the bracket is `step` wide or less.
+    two largest measured sizes give a law linear in the pixels, solved for the cap and rounded down to `step`; the
+    answer is kept strictly inside the bracket (the largest size under the cap, the smallest over it), so after a
+    first guess the search steps by `step` towards the limit. None when the bracket is `step` wide or less.
     """
     under = [s for s, m in measured.items() if m <= cap]
     over = [s for s, m in measured.items() if m > cap] + list(stopped)
     lo, hi = (max(under) if under else 0), (min(over) if over else None)
     if hi is not None and hi - lo <= step:
         return None
-    guess = 2 * lo if lo else step
+    guess = 2 * lo
     if len(measured) >= 2:
         (s1, m1), (s2, m2) = sorted(measured.items())[-2:]
         slope = (m2 - m1) / (s2 * s2 - s1 * s1)
         if slope > 0:
             guess = math.sqrt(max(s2 * s2 + (cap - m2) / slope, 1))
-    guess = step * round(guess / step)
-    if hi is None:
-        return max(guess, lo + step)
-    if not lo < guess < hi:
-        guess = step * round((lo + hi) / 2 / step)
-    return guess if lo < guess < hi else None
+    guess = max(step * math.floor(guess / step), lo + step)
+    return guess if hi is None else min(guess, hi - step)
 
 
 def summarise(rows: list[dict], limits: dict[str, dict]) -> dict:

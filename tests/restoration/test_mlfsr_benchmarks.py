@@ -19,16 +19,15 @@ def test_power_law_fit_recovers_the_exponent():
     assert k == pytest.approx(1.5) and a == pytest.approx(3.0)
 
 
-def test_limit_search_solves_the_linear_law_then_brackets():
-    per_pixel = 8 * GIB / 178**2  # a model whose memory is linear in the pixels and reaches 8 GiB at 178^2
+def test_limit_search_solves_the_linear_law_then_steps_to_a_bracket():
+    per_pixel = 8 * GIB / 189**2  # a model whose memory is linear in the pixels and reaches 8 GiB at 189^2
     measured = {64: per_pixel * 64**2, 128: per_pixel * 128**2}
-    assert next_limit_size(measured, set(), 8 * GIB, 8) == 176
-    # under at 176: the next size is above it; over at 184 as well: the bracket is one step wide, done
-    measured[176] = per_pixel * 176**2
-    assert next_limit_size(measured, set(), 8 * GIB, 8) == 184
-    assert next_limit_size(measured, {184}, 8 * GIB, 8) is None
-    # a guess outside the bracket falls back to its midpoint
-    assert next_limit_size({64: 1.0, 128: 2.0}, {160}, 8 * GIB, 8) == 144
+    assert next_limit_size(measured, set(), 8 * GIB, 8) == 184  # 189 rounded down
+    measured[184] = per_pixel * 184**2  # under: one step up
+    assert next_limit_size(measured, set(), 8 * GIB, 8) == 192
+    assert next_limit_size(measured, {192}, 8 * GIB, 8) is None  # over: bracketed within one step
+    # a first guess that was over: one step down, inside the bracket
+    assert next_limit_size({64: per_pixel * 64**2, 128: per_pixel * 128**2}, {184}, 8 * GIB, 8) == 176
     assert next_limit_size({64: 1.0}, set(), 8 * GIB, 8) == 128  # one size: double it
 
 
