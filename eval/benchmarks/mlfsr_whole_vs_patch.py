@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from einops import rearrange
 
 from eval.metrics import light_field_psnr_ssim
 
@@ -40,8 +41,9 @@ def interior(mosaic: torch.Tensor, angular_resolution: int, margin: int) -> torc
 
 
 def compare_modes(model, scenes: list[dict], patch_size: int = 32, stride: int = 16) -> dict:
-    """PSNR/SSIM (per view, averaged over views then scenes) of `whole`, `patch` and bicubic against HR, and the
-    absolute difference between the two modes' outputs (max and mean, on the views' interior and everywhere)."""
+    """PSNR/SSIM (per view, averaged over views then scenes) of `whole`, `patch` and bicubic against HR, their PSNR
+    on the views' interior only, and the absolute difference between the two modes' outputs (max and mean, on the
+    views' interior and everywhere)."""
     from zoo.restoration.mlfsr import interpolate_views
 
     a, s = model.config.angular_resolution, model.config.scale
@@ -64,6 +66,9 @@ def compare_modes(model, scenes: list[dict], patch_size: int = 32, stride: int =
             psnr, ssim = light_field_psnr_ssim(image.clamp(0, 1), hr, a)
             totals[f"{name}_psnr"] = totals.get(f"{name}_psnr", 0.0) + float(psnr.mean())
             totals[f"{name}_ssim"] = totals.get(f"{name}_ssim", 0.0) + float(ssim.mean())
+            crops = [rearrange(interior(x, a, margin), "... u h v w -> ... (u h) (v w)") for x in (image, hr)]
+            psnr = light_field_psnr_ssim(crops[0].clamp(0, 1), crops[1], a)[0]
+            totals[f"{name}_interior_psnr"] = totals.get(f"{name}_interior_psnr", 0.0) + float(psnr.mean())
         diff = (outputs["whole"] - outputs["patch"]).abs()
         inner = interior(diff, a, margin)
         largest["interior_max_abs_diff"] = max(largest["interior_max_abs_diff"], float(inner.max()))
@@ -98,7 +103,9 @@ def train_tiny(steps: int, output_dir: str):
 
 def _print(name: str, r: dict) -> None:
     print(f"{name}: whole {r['whole_psnr']:.3f} dB / {r['whole_ssim']:.4f}, patch {r['patch_psnr']:.3f} dB / "
-          f"{r['patch_ssim']:.4f}, bicubic {r['bicubic_psnr']:.3f} dB / {r['bicubic_ssim']:.4f}; |whole - patch| on "
+          f"{r['patch_ssim']:.4f}, bicubic {r['bicubic_psnr']:.3f} dB / {r['bicubic_ssim']:.4f} (interior PSNR: whole "
+          f"{r['whole_interior_psnr']:.3f}, patch {r['patch_interior_psnr']:.3f}, bicubic "
+          f"{r['bicubic_interior_psnr']:.3f} dB); |whole - patch| on "
           f"the interior: max {r['interior_max_abs_diff']:.2e}, mean {r['interior_mean_abs_diff']:.2e} "
           f"({r['interior_whole_vs_patch_psnr']:.1f} dB apart; output std {r['output_std']:.3f}); "
           f"whole {r['whole_s']:.1f} s, patch {r['patch_s']:.1f} s", flush=True)
@@ -124,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.tiny_checkpoint:
         tiny = zoo.from_pretrained(args.tiny_checkpoint)
         record["tiny"] = f"loaded from {args.tiny_checkpoint}"
+        recipe = Path(args.tiny_checkpoint).parent / "train_config.yaml"
+        if recipe.is_file():
+            record["tiny_train_config"] = recipe.read_text()
     else:
         start = time.perf_counter()
         tiny = train_tiny(args.train_steps, args.train_dir)

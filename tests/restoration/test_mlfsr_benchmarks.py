@@ -63,5 +63,6 @@ def test_whole_vs_patch_comparison():
     assert full["whole_psnr"] == pytest.approx(float(psnr))
     assert full["interior_margin_hr"] == 16 and interior(hr, 5, 16).shape == (1, 1, 5, 8, 5, 8)
     assert local["interior_max_abs_diff"] < 1e-5 < full["interior_max_abs_diff"]
+    assert local["whole_interior_psnr"] == pytest.approx(local["patch_interior_psnr"], abs=1e-3)
     assert local["max_abs_diff"] > 1e-3  # the views' edges differ for any model
     assert math.isfinite(full["interior_whole_vs_patch_psnr"])
