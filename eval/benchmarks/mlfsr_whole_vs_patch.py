@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--view", type=int, default=48, help="LR pixels per view side for the trained tiny model")
     parser.add_argument("--published-view", type=int, default=32, help="LR view side for the published sizes")
+    parser.add_argument("--skip-published", action="store_true", help="only the tiny model")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default="eval/results/mlfsr-whole-vs-patch-cpu.json")
     args = parser.parse_args(argv)
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         local.altblock = torch.nn.Identity()
         runs["mlfsr-tiny (trained, body taken out)"] = (local, scenes)
         published = _scenes(1, args.published_view, 4)
-        for name in ("mlfsr-x4", "epit-x4"):
+        for name in () if args.skip_published else ("mlfsr-x4", "epit-x4"):
             torch.manual_seed(0)
             runs[f"{name} (random weights)"] = (zoo.create(name).eval(), published)
         for name, (model, data) in runs.items():
