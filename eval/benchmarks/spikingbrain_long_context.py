@@ -219,25 +219,27 @@ def plot(results: dict, path: Path) -> None:
 
     contexts = [int(c) for c in results["contexts"]]
     rows = [results["contexts"][str(c)] for c in contexts]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = (("prefill_s", "prefill time (s)"), ("decode_ms", "decode time per token (ms)"),
-              ("cache_mib", "cache held while decoding (MiB)"))
+    figure, axes = plt.subplots(1, 4, figsize=(20, 4))
+    panels = (("prefill_s", "prefill time (s)"), ("prefill_delta_mib", "prefill peak memory above weights (MiB)"),
+              ("decode_ms", "decode time per token (ms)"), ("cache_mib", "cache held while decoding (MiB)"))
     decode_only = {int(c): row for c, row in results.get("decode_only", {}).items()}
     for axis, (key, label) in zip(axes, panels):
         for name, style in (("zoo", "o-"), ("transformers", "s--")):
             shown = "SpikingBrain (zoo, GLA + SWA)" if name == "zoo" else "Qwen2 (transformers, full attention)"
             axis.plot(contexts, [row[name][key] for row in rows], style, label=shown)
-            if key != "prefill_s" and decode_only:
+            if key in ("decode_ms", "cache_mib") and decode_only:
                 axis.plot(list(decode_only), [row[name][key] for row in decode_only.values()], style[0],
                           fillstyle="none", color=axis.lines[-1].get_color(),
                           label=f"{shown.split(' (')[0]}, filled cache (no prefill)")
         axis.set_xscale("log", base=2)
+        if key == "prefill_s":
+            axis.set_yscale("log")
         axis.set_xlabel("context (tokens)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     axes[0].legend()
     if decode_only:
-        axes[1].legend(fontsize=7)
+        axes[2].legend(fontsize=7)
     setup = results["setup"]
     figure.suptitle(f"hidden 3584, 28/4 heads, FFN {setup['ffn']}, 2 layers, fp32, CPU, {setup['threads']} threads "
                     f"(shared machine)")
