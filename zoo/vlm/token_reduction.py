@@ -304,7 +304,7 @@ def kv_cache_bytes(cache: object) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-# FastV inside a Llama-style decoder (zoo.backbones.llama.LlamaModel)
+# FastV inside a Llama-style decoder (zoo.backbones.llama.LlamaModel, or Phi's PhiModel built like it)
 
 
 @dataclasses.dataclass
@@ -381,4 +381,5 @@ def decoder_forward(
         if index == layer - 1 and state is None:
             previous_input = block.input_layernorm(x)
         x = block(x, rotary, attn_mask if index < layer else late_mask, cache, index)
-    return model.norm(x), None if selection is None else selection.indices
+    norm = model.norm if hasattr(model, "norm") else model.final_layernorm  # Llama-style or Phi
+    return norm(x), None if selection is None else selection.indices
