@@ -44,7 +44,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
         methods=("pool", "bilinear", "attention", "merge", "fastv"), fastv_layer=1,
     ),
 }
-TRAIN: dict[str, Any] = dict(max_steps=800, batch_size=32, lr=3e-3, warmup_steps=50, num_workers=1,
+TRAIN: dict[str, Any] = dict(max_steps=1000, batch_size=32, lr=3e-3, warmup_steps=50, num_workers=1,
                              data_options={"num_samples": 12000, "image_size": IMAGE_SIZE, "cache": True})
 
 
