@@ -37,14 +37,15 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "smolvlm": dict(
         model="smolvlm-tiny", model_options={"scale_factor": 2},
         task_options={"do_image_splitting": True, "longest_edge": IMAGE_SIZE},
-        methods=("pool", "bilinear", "attention", "merge", "fastv"), fastv_layer=1,
+        methods=("pool", "bilinear", "attention", "merge", "fastv"), fastv_layer=1, steps=1500,
     ),
     "hulumed": dict(
         model="hulu-med-tiny", model_options={}, task_options={},
-        methods=("pool", "bilinear", "attention", "merge", "fastv"), fastv_layer=1,
+        methods=("pool", "bilinear", "attention", "merge", "fastv"), fastv_layer=1, steps=1200,
     ),
 }
-TRAIN: dict[str, Any] = dict(max_steps=1000, batch_size=32, lr=3e-3, warmup_steps=50, num_workers=1,
+ANSWER_TOKENS = 14  # "bottom right" and the end token, in bytes
+TRAIN: dict[str, Any] = dict(batch_size=32, lr=3e-3, warmup_steps=50, num_workers=1,
                              data_options={"num_samples": 12000, "image_size": IMAGE_SIZE, "cache": True})
 
 
@@ -57,7 +58,7 @@ def train_args(family: str, out: Path, seed: int, steps: int) -> list[str]:
         str(TRAIN["warmup_steps"]), "--seed", str(seed), "--output-dir", str(out), "--eval-samples", "100",
         "--num-workers", str(TRAIN["num_workers"]), "--log-every", "50", "--no-progress",
         "--model-options", json.dumps(spec["model_options"]), "--data-options", json.dumps(TRAIN["data_options"]),
-        "--task-options", json.dumps({**spec["task_options"], "max_new_tokens": 4}),
+        "--task-options", json.dumps({**spec["task_options"], "max_new_tokens": ANSWER_TOKENS}),
     ]
 
 
@@ -90,7 +91,7 @@ def specs(family: str) -> list[str]:
 def evaluate(family: str, model_dir: Path, questions: int, seed: int, repeats: int) -> dict[str, Any]:
     options = EvalOptions(
         str(model_dir), data=DATA, num_samples=questions, batch_size=50, device="cpu", seed=seed,
-        data_options={"image_size": IMAGE_SIZE}, task_options={"max_new_tokens": 4},
+        data_options={"image_size": IMAGE_SIZE}, task_options={"max_new_tokens": ANSWER_TOKENS},
         token_reduction=tuple(specs(family)), ttft_repeats=repeats,
     )
     return run_eval(options)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--questions", type=int, default=200, help="held-out questions per setting (default 200)")
-    parser.add_argument("--steps", type=int, default=TRAIN["max_steps"], help="training steps per model")
+    parser.add_argument("--steps", type=int, help="training steps per model (default: the family's, 1200-1500)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training run and of the data (default 0)")
     parser.add_argument("--repeats", type=int, default=5, help="TTFT rounds per setting (default 5)")
     parser.add_argument("--threads", type=int)
@@ -184,26 +185,31 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     start_info = machine_info("cpu")
     for family in args.families:
-        model_dir, seconds = train(family, args.runs, args.seed, args.steps, args.retrain)
+        steps = args.steps or FAMILIES[family]["steps"]
+        model_dir, seconds = train(family, args.runs, args.seed, steps, args.retrain)
         print(f"{family}: model {model_dir} ({'trained in %.0f s' % seconds if seconds else 'reused'})", flush=True)
         started = time.perf_counter()
         result = evaluate(family, model_dir, args.questions, args.seed, args.repeats)
         result.update(model_name=FAMILIES[family]["model"], seed=args.seed,
-                      train=f"{args.steps} steps x {TRAIN['batch_size']}, lr {TRAIN['lr']}, seed {args.seed}",
+                      train=f"{steps} steps x {TRAIN['batch_size']}, lr {TRAIN['lr']}, seed {args.seed}",
                       train_seconds=seconds, eval_seconds=time.perf_counter() - started,
                       chance=SmallShapesVQA.chance_accuracy()["overall"],
-                      zoo_train=" ".join(train_args(family, args.runs / family, args.seed, args.steps)))
+                      zoo_train=" ".join(train_args(family, args.runs / family, args.seed, steps)))
         result["best"] = best_per_budget(result)
         results[family] = result
         print(format_result(family, result), end="\n\n", flush=True)
-    record = {"machine_start": start_info, "machine_end": machine_info("cpu"), "threads": torch.get_num_threads(),
-              "data": DATA, "image_size": IMAGE_SIZE, "budgets": BUDGETS, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    args.out.with_suffix(".txt").write_text("\n\n".join(format_result(f, r) for f, r in results.items()) + "\n")
-    plot(results, args.out.with_suffix(".png"))
+        write(args.out, results, start_info)  # after each family: a run cut short keeps what it measured
     print(f"wrote {args.out}, {args.out.with_suffix('.txt')}, {args.out.with_suffix('.png')}")
     return 0
+
+
+def write(out: Path, results: dict[str, dict[str, Any]], start_info: dict[str, Any]) -> None:
+    record = {"machine_start": start_info, "machine_end": machine_info("cpu"), "threads": torch.get_num_threads(),
+              "data": DATA, "image_size": IMAGE_SIZE, "budgets": BUDGETS, "results": results}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    out.with_suffix(".txt").write_text("\n\n".join(format_result(f, r) for f, r in results.items()) + "\n")
+    plot(results, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -213,16 +213,16 @@ class SmallShapesVQA(ShapesVQA):
     """ShapesVQA's four question types about small shapes anywhere in their cells, on a larger image (default
     128 px, several tiles or hundreds of patches), for measuring what visual token reduction costs:
 
-        color, shape, position   one shape, a half-width of 0.14-0.2 of its cell (9-13 px at 128 px)
+        color, shape, position   one shape, a half-width of 0.2-0.3 of its cell (13-19 px at 128 px)
         count                    1-4 such shapes, one per cell           -> "1" | "2" | "3" | "4"
 
-    A shape covers 2-3% of the image (a few tokens of a tile), so pooling the token grid blurs its kind away and
+    A shape covers 2-7% of the image (a few tokens of a tile), so pooling the token grid blurs its kind away and
     dropping tokens can drop it (or, when counting, some of the shapes). No binding: the other questions name no shape (`binding=True`
     adds 1-3 distractors as in ShapesVQA).
     """
 
     jitter = 1.0
-    shape_size = (0.14, 0.2)
+    shape_size = (0.2, 0.3)
     answers = {**ShapesVQA.answers, "count": ("1", "2", "3", "4")}
 
     def __init__(self, num_samples: int = 1000, image_size: int = 128, seed: int = 0, split: str = "train",
