@@ -174,8 +174,9 @@ def _readme(args: argparse.Namespace, load_records, update_readme) -> int:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a registered name (see `zoo list`) or a saved model folder")
     parser.add_argument("--task", help="classification, restoration, vlm-sft or diffusion (default: the model's)")
-    parser.add_argument("--data", help="an embedded dataset (shapes, shapes-vqa, shapes-captions, shapes-restoration, "
-                                       "shapes-sr), an image folder, a .jsonl file or hf:NAME (default: the task's)")
+    parser.add_argument("--data", help="an embedded dataset (shapes, shapes-vqa, shapes-vqa-small, shapes-captions, "
+                                       "shapes-restoration, shapes-sr), an image folder, a .jsonl file or hf:NAME "
+                                       "(default: the task's)")
     parser.add_argument("--checkpoint", help="a saved model folder or a weights file to load into the named model")
     parser.add_argument("--pretrained", action="store_true", help="evaluate the model's published weights")
     parser.add_argument("--split", default="eval", help="eval (default) or train")
