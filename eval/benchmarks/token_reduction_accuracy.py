@@ -143,7 +143,8 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Visual token reduction on {DATA}: accuracy against prefill FLOPs (budgets 1, 0.5, 0.25, 0.1)")
+    fig.suptitle(f"Visual token reduction on {DATA}: exact match against prefill FLOPs (points: budgets)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
