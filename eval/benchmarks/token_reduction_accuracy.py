@@ -1,13 +1,13 @@
 """What each training-free visual token reduction costs in accuracy, against the prefill FLOPs it saves.
 
-    flock /tmp/zoo-heavy.lock python -m eval.benchmarks.token_reduction_accuracy --threads 2
+    flock /tmp/zoo-heavy.lock python -m eval.benchmarks.token_reduction_accuracy --threads 1
 
 For two families (SmolVLM: 128 px images as 4 tiles + a global tile, 16 tokens each, 80 in all; Hulu-Med: the image
-resized by its processor to 16 x 16 = 256 tokens), a tiny model is trained from scratch with `zoo train` on `shapes-vqa-small` (small shapes
-whose kind, colour, position and count the answers ask), then `zoo eval --token-reduction` scores every method at
-budgets 0.5, 0.25 and 0.1 of the visual tokens beside the unreduced model (budget 1.0) on the same held-out
-questions: exact match, prefill FLOPs (FlopCounterMode, 2 x MAC, mean per question) and TTFT (median, every setting
-timed in alternation). The JSON goes to eval/results/token_reduction_accuracy.json, with a text table beside it, and
+resized by its processor to 16 x 16 = 256 tokens), a tiny model is trained from scratch with `zoo train` on
+`shapes-vqa-small` (small shapes whose kind, colour, position and count the answers ask), then
+`zoo eval --token-reduction` scores every method at budgets 0.5, 0.25 and 0.1 of the visual tokens beside the
+unreduced model (budget 1.0) on the same held-out questions: exact match, prefill FLOPs (FlopCounterMode, 2 x MAC,
+mean per question) and TTFT (median, every setting timed in alternation). The JSON goes to eval/results/token_reduction_accuracy.json, with a text table beside it, and
 the plot of accuracy against prefill FLOPs (one curve per method and family) to
 eval/results/token_reduction_accuracy.png. The trained models stay in --runs (not committed); a model already
 trained there with the same settings is reused unless --retrain.

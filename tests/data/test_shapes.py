@@ -152,8 +152,8 @@ def test_bad_options():
 
 
 def test_load_embedded_by_name():
-    assert set(EMBEDDED) == {"shapes", "shapes-vqa", "shapes-vqa-small", "shapes-captions", "shapes-restoration", "shapes-sr",
-                             "procedural-text", "documents", "unit-mix", "lightfield-sr"}
+    assert set(EMBEDDED) == {"shapes", "shapes-vqa", "shapes-vqa-small", "shapes-captions", "shapes-restoration",
+                             "shapes-sr", "procedural-text", "documents", "unit-mix", "lightfield-sr"}
     train = load_dataset("shapes-vqa", "vqa", num_samples=10, image_size=32, eval_samples=6)
     evaluation = load_dataset("shapes-vqa", "vqa", split="eval", num_samples=10, image_size=32, eval_samples=6)
     assert len(train) == 10 and len(evaluation) == 6 and evaluation.split == "eval"

@@ -167,5 +167,6 @@ def _hf_dataset(source: str, kind: str, split: str, image_size: int | None, colu
 
 __all__ = [
     "EMBEDDED", "KINDS", "HFDataset", "ImageFolder", "JsonlDataset", "ProceduralText", "RenderedDocuments",
-    "ShapesCaptions", "ShapesClassification", "ShapesRestoration", "ShapesVQA", "SmallShapesVQA", "TextFile", "UnitMix", "load_dataset",
+    "ShapesCaptions", "ShapesClassification", "ShapesRestoration", "ShapesVQA", "SmallShapesVQA", "TextFile", "UnitMix",
+    "load_dataset",
 ]

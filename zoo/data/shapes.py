@@ -217,8 +217,8 @@ class SmallShapesVQA(ShapesVQA):
         count                    1-4 such shapes, one per cell           -> "1" | "2" | "3" | "4"
 
     A shape covers 2-7% of the image (a few tokens of a tile), so pooling the token grid blurs its kind away and
-    dropping tokens can drop it (or, when counting, some of the shapes). No binding: the other questions name no shape (`binding=True`
-    adds 1-3 distractors as in ShapesVQA).
+    dropping tokens can drop it (or, when counting, some of the shapes). No binding: the other questions name no
+    shape (`binding=True` adds 1-3 distractors as in ShapesVQA).
     """
 
     jitter = 1.0
