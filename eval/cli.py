@@ -174,8 +174,9 @@ def _readme(args: argparse.Namespace, load_records, update_readme) -> int:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a registered name (see `zoo list`) or a saved model folder")
     parser.add_argument("--task", help="classification, restoration, vlm-sft or diffusion (default: the model's)")
-    parser.add_argument("--data", help="an embedded dataset (shapes, shapes-vqa, shapes-captions, shapes-restoration, "
-                                       "shapes-sr), an image folder, a .jsonl file or hf:NAME (default: the task's)")
+    parser.add_argument("--data", help="an embedded dataset (shapes, shapes-vqa, shapes-vqa-small, shapes-captions, "
+                                       "shapes-restoration, shapes-sr), an image folder, a .jsonl file or hf:NAME "
+                                       "(default: the task's)")
     parser.add_argument("--checkpoint", help="a saved model folder or a weights file to load into the named model")
     parser.add_argument("--pretrained", action="store_true", help="evaluate the model's published weights")
     parser.add_argument("--split", default="eval", help="eval (default) or train")
@@ -188,6 +189,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-options", help="dataset options as JSON, e.g. '{\"image_size\": 64}'")
     parser.add_argument("--task-options", help="task options as JSON, e.g. '{\"max_new_tokens\": 8}'")
     parser.add_argument("--model-options", help="config overrides as JSON (random or --checkpoint weights only)")
+    parser.add_argument("--token-reduction", nargs="+", metavar="SPEC",
+                        help="a VLM: also score each visual token reduction METHOD[:BUDGET][:layer=K] (as zoo bench "
+                             "reads it, e.g. attention:0.25 merge:0.1 fastv:0.5:layer=1) on the same questions, with "
+                             "its prefill FLOPs and TTFT beside the unreduced model's")
+    parser.add_argument("--ttft-repeats", type=positive_int, default=5,
+                        help="with --token-reduction: timed rounds per setting (default 5)")
     parser.add_argument("--out", help="the JSON file to write (default runs/eval/MODEL-TASK-DATA.json)")
 
 
@@ -200,6 +207,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         seed=args.seed, crop_border=args.crop_border, data_options=json_option("--data-options", args.data_options),
         task_options=json_option("--task-options", args.task_options),
         model_options=json_option("--model-options", args.model_options),
+        token_reduction=tuple(args.token_reduction or ()), ttft_repeats=args.ttft_repeats,
     )
     result = run_eval(options)
     print(format_result(result))

@@ -17,6 +17,12 @@ folders, .jsonl files, Hugging Face datasets) and the model loading are those of
 
 The JSON result holds the metrics, what was evaluated and how, and `card_data` ({"results": ...}) that
 `model.save_pretrained(folder, card_data=...)` renders into the model card's Results table.
+
+With `token_reduction` (specs as `zoo bench --token-reduction` reads them, e.g. "attention:0.25", "fastv:0.5:layer=1")
+a VLM is scored once unreduced ("none") and once per setting on the same questions; each setting also gets its
+prefill FLOPs (`eval.bench.count_call_flops` on answering the first questions one at a time with one new token, mean
+per question) and TTFT (the same calls, every setting timed in alternation with the others; medians), under
+"token_reduction" in the result.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ class EvalOptions:
     data_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     task_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    token_reduction: tuple[str, ...] = ()  # VLM settings scored beside "none" (see the module docstring)
+    flop_samples: int = 4  # questions whose prefill FLOPs and TTFT are measured per setting
+    ttft_repeats: int = 5  # timed rounds of TTFT per setting (after one untimed round)
 
 
 def _resolve(options: EvalOptions):
@@ -138,9 +147,12 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     task.setup(model, dataset, ModelSource(options.model, entry, folder, hub_id,
                                            pretrained=options.pretrained or folder is not None or bool(options.checkpoint)))
     scorer = SCORERS.get(task.name, _score_with_task)
+    reductions = _token_reductions(options, task)
     with torch.no_grad():
         scores, conventions = scorer(task, model, dataset, options, device)
-    return {
+        settings = _score_token_reductions(task, model, dataset, options, device, reductions, scores) \
+            if reductions else None
+    result = {
         "model": getattr(model, "zoo_name", None) or options.model,
         "family": family,
         "weights": weights,
@@ -155,6 +167,69 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
         "torch": torch.__version__,
         "card_data": {"results": {f"{key} ({data})": round(value, 4) for key, value in scores.items()}},
     }
+    if settings is not None:
+        result["token_reduction"] = settings
+        result["conventions"]["token_reduction"] = (
+            f"each setting scored on the same {len(dataset)} questions; prefill_flops: FlopCounterMode (2 x MAC) on "
+            f"answering the first {min(options.flop_samples, len(dataset))} questions one at a time with 1 new token, "
+            f"mean per question; ttft_p50_ms: median wall time of those calls ({options.ttft_repeats} rounds, every "
+            "setting in alternation, processor included)")
+    return result
+
+
+def _token_reductions(options: EvalOptions, task) -> dict[str, Any]:
+    """The settings of `options.token_reduction`, by their specs; checked before the model is scored."""
+    from zoo.vlm.token_reduction import TokenReduction
+
+    if not options.token_reduction:
+        return {}
+    if not hasattr(task, "token_reduction"):
+        raise ConfigError(f"--token-reduction applies to vision-language tasks (vlm-sft), not '{task.name}'")
+    if getattr(task, "token_reduction", None) is not None:
+        raise ConfigError("give the token reductions with --token-reduction only, not also in --task-options")
+    settings: dict[str, Any] = {}
+    for spec in options.token_reduction:
+        reduction = TokenReduction.parse(spec)
+        settings[reduction.describe()] = reduction
+    return settings
+
+
+def _score_token_reductions(task, model, dataset, options, device, reductions, unreduced):
+    """{"none" | spec: {"metrics", "prefill_flops", "ttft_p50_ms", ...}} for the unreduced model and each setting."""
+    from .bench import count_call_flops
+    from .timing import alternate
+
+    settings = {"none": None, **reductions}
+    rows: dict[str, dict[str, Any]] = {}
+    for name, reduction in settings.items():
+        task.token_reduction = reduction
+        try:
+            scores = unreduced if reduction is None else \
+                SCORERS.get(task.name, _score_with_task)(task, model, dataset, options, device)[0]
+        finally:
+            task.token_reduction = None
+        rows[name] = {"metrics": scores}
+    samples = [dataset[i] for i in range(min(options.flop_samples, len(dataset)))]
+
+    def prefill(reduction):
+        def call():
+            task.token_reduction = reduction
+            try:
+                for sample in samples:
+                    task.answer(model, [sample["image"]], [sample["question"]], max_new_tokens=1)
+            finally:
+                task.token_reduction = None
+        return call
+
+    calls = {name: prefill(reduction) for name, reduction in settings.items()}
+    for name in settings:
+        rows[name]["prefill_flops"] = count_call_flops(model, calls[name]) / len(samples)
+    timed = alternate(calls, repeats=options.ttft_repeats, warmup=1, device=device)
+    for name, row in rows.items():
+        row["ttft_p50_ms"] = timed[name].p50 * 1e3 / len(samples)
+        row["flops_vs_none"] = row["prefill_flops"] / rows["none"]["prefill_flops"]
+        row["ttft_vs_none"] = row["ttft_p50_ms"] / rows["none"]["ttft_p50_ms"]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -248,6 +323,12 @@ def format_result(result: dict[str, Any]) -> str:
     lines = [(f"{result['model']} on {result['data']} ({result['split']}, {result['num_samples']} samples), task "
               f"{result['task']}, weights: {result['weights']}")]
     lines += [f"  {key:28s} {value:.4f}" for key, value in result["metrics"].items()]
+    if "token_reduction" in result:
+        lines.append(f"  {'token reduction':24s} {'exact match':>11s} {'prefill GFLOP':>13s} {'x none':>7s} "
+                     f"{'TTFT ms':>8s} {'x none':>7s}")
+        for name, row in result["token_reduction"].items():
+            lines.append(f"  {name:24s} {row['metrics']['exact_match']:11.4f} {row['prefill_flops'] / 1e9:13.4f} "
+                         f"{row['flops_vs_none']:7.3f} {row['ttft_p50_ms']:8.1f} {row['ttft_vs_none']:7.3f}")
     return "\n".join(lines)
 
 

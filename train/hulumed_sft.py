@@ -131,9 +131,15 @@ class HuluMedSFTTask(VLMSFTTask):
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             inputs["pixel_values"] = inputs["pixel_values"].to(_dtype_of(model))
             new = model.generate(**inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                 eos_token_id=self.stop_ids)
+                                 eos_token_id=self.stop_ids, **self.generate_options())
             answers.append(self.processor.decode(new[0]))
         return answers
+
+    def answer(self, model: nn.Module, images: list[Any], questions: list[str],
+               max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers to one question per image (as `zoo eval` asks them)."""
+        samples = [{"image": image, "question": question} for image, question in zip(images, questions)]
+        return self.answer_samples(model, samples, max_new_tokens)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Any, batch_size: int = 64, device: Any = None) -> dict[str, float]:

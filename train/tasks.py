@@ -437,8 +437,10 @@ class VLMSFTTask(Task):
 
     Options: `processor` (a folder or Hub repo to read a SmolVLMProcessor from; default: the model's own source, or
     for a new model the procedural byte tokenizer), `do_image_splitting` (False: one tile per image),
+    `longest_edge` (a new processor's resize target before tiling; default the tile size, i.e. one tile),
     `max_new_tokens` for evaluation, `trainable` (parameter-name prefixes to train, the others frozen; None: all
-    that the model leaves trainable).
+    that the model leaves trainable), `token_reduction` (a `zoo.vlm.TokenReduction` or its spec, e.g.
+    "attention:0.25", applied when answering).
     Families built otherwise bring their own samples, batches and loss positions (`VLM_SFT_FAMILIES`).
     """
 
@@ -449,14 +451,20 @@ class VLMSFTTask(Task):
     eval_metric = "exact_match"
 
     def __init__(self, extra_losses: Sequence[LossTerm | dict] = (), processor: Any = None,
-                 do_image_splitting: bool = False, max_new_tokens: int = 16, trainable: Sequence[str] | None = None):
+                 do_image_splitting: bool = False, max_new_tokens: int = 16, trainable: Sequence[str] | None = None,
+                 longest_edge: int | None = None, token_reduction: Any = None):
+        from zoo.vlm.token_reduction import TokenReduction
+
         super().__init__(extra_losses)
         self.trainable = None if trainable is None else tuple(trainable)
         self.family: Any = None  # a VLM_SFT_FAMILIES handler, set up for its model
         self.processor = processor if not isinstance(processor, str) else None
         self.processor_source = processor if isinstance(processor, str) else None
         self.do_image_splitting = do_image_splitting
+        self.longest_edge = longest_edge
         self.max_new_tokens = max_new_tokens
+        self.token_reduction = TokenReduction.parse(token_reduction) if isinstance(token_reduction, str) \
+            else token_reduction
         self.stop_ids: list[int] = []
         self._prompt_ids: dict[tuple[str, int, int], torch.Tensor] = {}
         self._answer_ids: dict[tuple[str, str], torch.Tensor] = {}
@@ -511,7 +519,7 @@ class VLMSFTTask(Task):
                 self.processor = SmolVLMProcessor.from_pretrained(origin, **sizes)
             else:
                 self.processor = SmolVLMProcessor(
-                    build_byte_tokenizer(), longest_edge=config.vision.image_size,
+                    build_byte_tokenizer(), longest_edge=self.longest_edge or config.vision.image_size,
                     do_image_splitting=self.do_image_splitting, **sizes,
                 )
         tokenizer = self.processor.tokenizer
@@ -651,16 +659,21 @@ class VLMSFTTask(Task):
                max_new_tokens: int | None = None) -> list[str]:
         """Greedy answers (text up to the end-of-utterance token, stripped) to one question per image."""
         if self.family is not None:
-            return self.family.answer(model, images, questions, max_new_tokens or self.max_new_tokens)
+            return self.family.answer(model, images, questions, max_new_tokens or self.max_new_tokens,
+                                      **self.generate_options())
         device = next(model.parameters()).device
         prompts = [self.prompt(question) for question in questions]
         inputs = self.processor(text=prompts, images=[[image] for image in images])
         inputs = {key: value.to(device) for key, value in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(_dtype_of(model))
         output = model.generate(**inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                eos_token_id=self.stop_ids, cache="static")
+                                eos_token_id=self.stop_ids, cache="static", **self.generate_options())
         new = output[:, inputs["input_ids"].shape[1]:]
         return [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
+
+    def generate_options(self) -> dict[str, Any]:
+        """What `answer` passes to `generate` besides the inputs: the token reduction, when one is set."""
+        return {} if self.token_reduction is None else {"token_reduction": self.token_reduction}
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, dataset: Any, batch_size: int = 64, device: Any = None) -> dict[str, float]:
@@ -786,7 +799,7 @@ class TinyGPTVSFTTask(VLMSFTTask):
         inputs = {key: value.to(device) for key, value in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(_dtype_of(model))
         output = model.generate(**inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                eos_token_id=self.stop_ids or None, cache="static")
+                                eos_token_id=self.stop_ids or None, cache="static", **self.generate_options())
         return [self.processor.decode(row) for row in output[:, inputs["input_ids"].shape[1]:]]
 
     def save_extras(self, folder: Any) -> None:

@@ -14,11 +14,12 @@ from zoo.data.shapes import (
     ShapesClassification,
     ShapesRestoration,
     ShapesVQA,
+    SmallShapesVQA,
     gaussian_blur,
 )
 from zoo.errors import ConfigError, InputError
 
-ALL = [ShapesClassification, ShapesVQA, ShapesCaptions, ShapesRestoration]
+ALL = [ShapesClassification, ShapesVQA, SmallShapesVQA, ShapesCaptions, ShapesRestoration]
 
 
 def same(a, b):
@@ -84,6 +85,27 @@ def test_vqa_counts_many_shapes_and_binding_asks_about_one_of_many():
     assert max(shapes_in(binding[i]["image"]) for i in range(0, 80, 4)) == 3
 
 
+def _shape_pixels(image, colour):
+    return int(((image.int() - torch.tensor(COLORS[colour]).view(3, 1, 1)).abs().max(0).values < 30).sum())
+
+
+def test_small_shapes_vqa_counts_up_to_four_small_shapes():
+    data = SmallShapesVQA(num_samples=200)
+    samples = [data[i] for i in range(200)]
+    assert samples[0]["image"].shape == (3, 128, 128)
+    for kind in SmallShapesVQA.answers:
+        assert {s["answer"] for s in samples if s["type"] == kind} == set(SmallShapesVQA.answers[kind]), kind
+    assert SmallShapesVQA.chance_accuracy()["count"] == 0.25
+    for sample in samples[:40]:
+        areas = [_shape_pixels(sample["image"], colour) for colour in COLORS]
+        drawn = [a for a in areas if a > 20]
+        # one shape (or the counted ones, in distinct colours), each covering 1-8% of the image
+        assert len(drawn) == (int(sample["answer"]) if sample["type"] == "count" else 1), (sample, areas)
+        assert all(0.01 < area / 128**2 < 0.08 for area in drawn), areas
+        if sample["type"] == "color":
+            assert areas[list(COLORS).index(sample["answer"])] > 20
+
+
 def test_vqa_answers_match_the_pixels():
     """The colour answer is the colour of the pixels where the named shape is drawn."""
     data = ShapesVQA(num_samples=40, image_size=64)
@@ -130,8 +152,8 @@ def test_bad_options():
 
 
 def test_load_embedded_by_name():
-    assert set(EMBEDDED) == {"shapes", "shapes-vqa", "shapes-captions", "shapes-restoration", "shapes-sr",
-                             "procedural-text", "documents", "unit-mix", "lightfield-sr"}
+    assert set(EMBEDDED) == {"shapes", "shapes-vqa", "shapes-vqa-small", "shapes-captions", "shapes-restoration",
+                             "shapes-sr", "procedural-text", "documents", "unit-mix", "lightfield-sr"}
     train = load_dataset("shapes-vqa", "vqa", num_samples=10, image_size=32, eval_samples=6)
     evaluation = load_dataset("shapes-vqa", "vqa", split="eval", num_samples=10, image_size=32, eval_samples=6)
     assert len(train) == 10 and len(evaluation) == 6 and evaluation.split == "eval"

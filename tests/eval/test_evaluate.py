@@ -100,3 +100,30 @@ def test_eval_errors(capsys):
         run_eval(EvalOptions("lowformer-tiny", split="test"))
     assert main(["eval", "lowformer-tiny", "--data", "shapes-vqa"]) == 2
     assert "holds vqa samples, but this task needs classification" in capsys.readouterr().err
+
+
+def test_token_reduction_settings_scored_with_flops_and_ttft(tmp_path):
+    out = tmp_path / "tr.json"
+    assert main(["eval", "smolvlm-tiny", "--num-samples", "4", "--batch-size", "4", "--task-options",
+                 '{"max_new_tokens": 2}', "--token-reduction", "pool:1.0", "pool:0.25", "fastv:0.5:layer=1",
+                 "--ttft-repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["token_reduction"]
+    assert list(rows) == ["none", "pool:1.0", "pool:0.25", "fastv:0.5:layer=1"]
+    assert rows["none"]["metrics"] == result["metrics"]
+    assert rows["pool:1.0"]["metrics"] == rows["none"]["metrics"]  # budget 1.0: the same answers
+    assert rows["pool:1.0"]["prefill_flops"] == rows["none"]["prefill_flops"]
+    # smolvlm-tiny's 2 x 2 tokens pooled to 1: the decoder sees 3 tokens fewer
+    assert rows["pool:0.25"]["flops_vs_none"] < 1
+    for row in rows.values():
+        assert 0 <= row["metrics"]["exact_match"] <= 1 and row["ttft_p50_ms"] > 0
+    assert "token_reduction" in result["conventions"]
+
+
+def test_token_reduction_errors():
+    with pytest.raises(ConfigError, match="--token-reduction applies to vision-language tasks"):
+        run_eval(EvalOptions("lowformer-tiny", num_samples=2, token_reduction=("pool:0.5",)))
+    with pytest.raises(InputError, match=r"outside \(0, 1\]"):
+        run_eval(EvalOptions("smolvlm-tiny", num_samples=2, token_reduction=("pool:2.0",)))
+    with pytest.raises(InputError, match="fastv prunes after a decoder layer"):
+        run_eval(EvalOptions("smolvlm-tiny", num_samples=2, token_reduction=("fastv:0.5",)))

@@ -134,10 +134,10 @@ def test_rows_without_visible_keys_give_zeros(backend):
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
+@pytest.mark.parametrize("lengths", [[3, 1, 5], [3, 3, 3]])
 @pytest.mark.parametrize("causal", [False, True])
-def test_packed_sequences_equal_separate_sequences(causal):
-    lengths = [3, 1, 5]
-    cu_seqlens = torch.tensor([0, 3, 4, 9], dtype=torch.int32)
+def test_packed_sequences_equal_separate_sequences(causal, lengths):
+    cu_seqlens = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0).to(torch.int32)
     q, k, v = _qkv(b=1, lq=9, lk=9)
     for backend in ("auto", "reference"):
         packed = scaled_dot_product(q, k, v, is_causal=causal, cu_seqlens=cu_seqlens, backend=backend)

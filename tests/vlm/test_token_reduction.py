@@ -217,7 +217,7 @@ def oracle_fastv_logits(text, lm_head, x, mask, is_image, prompt_length, layer, 
         y, (c, s) = x[row:row + 1, kept], (cos[row:row + 1, kept], sin[row:row + 1, kept])
         for index in range(layer, len(text.layers)):
             y = text.layers[index](y, (c, s), None, None, index)
-        row_logits = lm_head(text.norm(y))[0]
+        row_logits = lm_head((text.norm if hasattr(text, "norm") else text.final_layernorm)(y))[0]  # Llama, Phi
         last_prompt = int((kept < prompt_length).sum()) - 1
         logits.append(row_logits[last_prompt:])
     return torch.stack(logits)

@@ -24,7 +24,7 @@ from zoo.errors import ConfigError, InputError, closest
 from .documents import RenderedDocuments, UnitMix
 from .formats import HFDataset, ImageFolder, JsonlDataset
 from .lightfield import SyntheticLightFields
-from .shapes import ShapesCaptions, ShapesClassification, ShapesRestoration, ShapesVQA
+from .shapes import ShapesCaptions, ShapesClassification, ShapesRestoration, ShapesVQA, SmallShapesVQA
 from .text import ProceduralText, TextFile
 
 KINDS = ("classification", "vqa", "captions", "restoration", "text")
@@ -33,6 +33,8 @@ KINDS = ("classification", "vqa", "captions", "restoration", "text")
 EMBEDDED: dict[str, tuple[type, str, dict[str, Any], str]] = {
     "shapes": (ShapesClassification, "classification", {}, "one shape per image, 4 classes (its kind)"),
     "shapes-vqa": (ShapesVQA, "vqa", {}, "questions about the colour, kind, count and position of 1-3 shapes"),
+    "shapes-vqa-small": (SmallShapesVQA, "vqa", {}, "the shapes-vqa questions about small shapes on a 128 px image "
+                         "(1-4 to count): needs visual detail"),
     "shapes-captions": (ShapesCaptions, "captions", {}, "1-2 shapes with a caption, for text-to-image"),
     "shapes-restoration": (ShapesRestoration, "restoration", {}, "blurred and noisy / clean pairs"),
     "shapes-sr": (ShapesRestoration, "restoration", {"scale": 2}, "blurred, 2x downsampled, noisy / clean pairs"),
@@ -165,5 +167,6 @@ def _hf_dataset(source: str, kind: str, split: str, image_size: int | None, colu
 
 __all__ = [
     "EMBEDDED", "KINDS", "HFDataset", "ImageFolder", "JsonlDataset", "ProceduralText", "RenderedDocuments",
-    "ShapesCaptions", "ShapesClassification", "ShapesRestoration", "ShapesVQA", "TextFile", "UnitMix", "load_dataset",
+    "ShapesCaptions", "ShapesClassification", "ShapesRestoration", "ShapesVQA", "SmallShapesVQA", "TextFile", "UnitMix",
+    "load_dataset",
 ]

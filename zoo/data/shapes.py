@@ -8,6 +8,7 @@ pixel noise.
 
     ShapesClassification   one shape per image; the label is its kind (4 classes)
     ShapesVQA              questions about the colour, kind, count and position of shapes, with short answers
+    SmallShapesVQA         the same questions about small shapes on a larger image (1-4 to count): needs visual detail
     ShapesRestoration      (degraded, clean) pairs: blur, noise and optionally downsampling (super-resolution)
     ShapesCaptions         1-2 shapes with a caption such as "a red circle at the top left", for text-to-image
 
@@ -206,6 +207,43 @@ class ShapesVQA(_ShapesDataset):
         within a type, except counts, whose three values are equally likely too)."""
         per_type = {kind: 1 / len(answers) for kind, answers in cls.answers.items()}
         return {**per_type, "overall": sum(per_type.values()) / len(per_type)}
+
+
+class SmallShapesVQA(ShapesVQA):
+    """ShapesVQA's four question types about small shapes anywhere in their cells, on a larger image (default
+    128 px, several tiles or hundreds of patches), for measuring what visual token reduction costs:
+
+        color, shape, position   one shape, a half-width of 0.2-0.3 of its cell (13-19 px at 128 px)
+        count                    1-4 such shapes, one per cell           -> "1" | "2" | "3" | "4"
+
+    A shape covers 2-7% of the image (a few tokens of a tile), so pooling the token grid blurs its kind away and
+    dropping tokens can drop it (or, when counting, some of the shapes). No binding: the other questions name no
+    shape (`binding=True` adds 1-3 distractors as in ShapesVQA).
+    """
+
+    jitter = 1.0
+    shape_size = (0.2, 0.3)
+    answers = {**ShapesVQA.answers, "count": ("1", "2", "3", "4")}
+
+    def __init__(self, num_samples: int = 1000, image_size: int = 128, seed: int = 0, split: str = "train",
+                 jitter: float | None = None, shape_size: tuple[float, float] | None = None, binding: bool = False):
+        super().__init__(num_samples, image_size, seed, split, jitter, shape_size, binding)
+
+    def make(self, rng: np.random.Generator, index: int) -> dict[str, Any]:
+        kind = QUESTION_TYPES[index % len(QUESTION_TYPES)]
+        count = int(rng.integers(1, len(CELLS) + 1)) if kind == "count" else \
+            int(rng.integers(1, 4)) if self.binding else 1
+        shapes = self.shapes(rng, count)
+        target = shapes[int(rng.integers(len(shapes)))]
+        if kind == "color":
+            question, answer = f"What color is the {target.kind}?", target.color
+        elif kind == "shape":
+            question, answer = f"Which shape is {target.color}?", target.kind
+        elif kind == "count":
+            question, answer = "How many shapes are there?", str(len(shapes))
+        else:
+            question, answer = f"Where is the {target.kind}?", CELLS[target.cell]
+        return {"image": render(shapes, self.image_size, rng), "question": question, "answer": answer, "type": kind}
 
 
 class ShapesCaptions(_ShapesDataset):

@@ -154,6 +154,18 @@ def _flash(
     return out.transpose(0, 1)[None]
 
 
+def _sdpa_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, is_causal: bool,
+                   scale: float | None) -> torch.Tensor:
+    """SDPA of each sequence packed along L (a batch of one) on its own, without the (L, L) block mask: one call
+    over the sequences as a batch when their lengths are equal (NaViT's frames, a packed batch of equal images)."""
+    lengths = cu_seqlens.diff().tolist()
+    if len(set(lengths)) == 1:
+        q, k, v = (rearrange(t, "1 h (n l) d -> n h l d", n=len(lengths)) for t in (q, k, v))
+        return rearrange(_sdpa(q, k, v, None, is_causal, scale, None), "n h l d -> 1 h (n l) d")
+    parts = zip(*(t.split(lengths, dim=2) for t in (q, k, v)))
+    return torch.cat([_sdpa(*part, None, is_causal, scale, None) for part in parts], dim=2)
+
+
 def _sdpa(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -277,6 +289,9 @@ def scaled_dot_product(
         if reason := _flash_unsupported(q, v, attn_mask):
             raise ValueError(f"backend='flash' cannot run: {reason}")
         return _flash(q, k, v, is_causal, scale, window, cu_seqlens)
+    if cu_seqlens is not None and backend == "sdpa" and attn_mask is None and window is None \
+            and q.shape[-2] == k.shape[-2]:
+        return _sdpa_segments(q, k, v, cu_seqlens, is_causal, scale)
     if cu_seqlens is not None:
         attn_mask = _and(attn_mask, block_mask(segment_ids_from_cu_seqlens(cu_seqlens)))
     attend = _reference if backend == "reference" else _sdpa

@@ -9,7 +9,9 @@ mean absolute change of its normalised pixels since the previous frame exceeds 0
 pruned features and their `<image>` tokens leave the sequence and positions are renumbered without gaps. The
 released code gives frame 0 a sentinel change that it divides by 255 too, so frame 0 keeps only its first token:
 that is the default (`first_frame="released"`); `first_frame="all"` keeps frame 0 whole. The released code prunes
-batches of one only; here each row of a batch is pruned and the rows re-padded.
+batches of one only; here each row of a batch is pruned and the rows re-padded. The training-free reductions of
+`zoo.vlm.token_reduction` ("pool", "bilinear", "attention", "merge" per frame before the projector, in place of the
+built-in rule; "fastv" in the decoder) come as `token_reduction=` to `forward` and `generate`.
 
 Published layouts: the "HF-Version" (`model_type` hulumed_qwen2 / hulumed_qwen3, keys `model.vision_encoder.*`,
 `model.mm_projector.readout.*`, `model.{embed_tokens,layers,norm}`, `lm_head`) and the original LLaVA-style upload
@@ -36,12 +38,17 @@ from zoo.errors import CheckpointError, ConfigError, InputError
 from zoo.layers.attention import DynamicCache, StaticCache
 from zoo.layers.token_reduction import frame_difference_mask
 from zoo.modeling import ZooModel
-from zoo.vlm.token_reduction import TokenReduction, as_reduction, decoder_forward
+from zoo.vlm.token_reduction import (
+    BEFORE_LLM, TokenReduction, as_reduction, captured_attention, decoder_forward, packed_attention_received,
+    reduce_grid,
+)
 from zoo.registry import (
     Converter, InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model, rename_keys,
 )
 
 MODALS = ("image", "video", "text")
+# the `token_reduction=` methods (frame-difference pruning is the built-in compression of the config instead)
+REDUCTIONS = ("pool", "bilinear", "attention", "merge", "fastv")
 IGNORE_INDEX = -100
 
 
@@ -131,9 +138,12 @@ class HuluMed(ZooModel):
         return modals
 
     def visual_token_masks(self, pixel_values: torch.Tensor, grid_sizes: torch.Tensor, merge_sizes: torch.Tensor,
-                           modals: Sequence[str] | None = None) -> list[torch.Tensor]:
+                           modals: Sequence[str] | None = None,
+                           token_reduction: TokenReduction | None = None) -> list[torch.Tensor]:
         """Per visual item, which of its merged tokens survive token reduction: (t * h/m * w/m,) bool (all True for
-        images and single frames; empty for 'text' items, whose features the released code drops)."""
+        images and single frames; empty for 'text' items, whose features the released code drops). A reduction
+        before the LLM (`token_reduction`, not "fastv") replaces the built-in compression: each frame keeps its first
+        `token_reduction.grid_kept(h/m, w/m)` placeholders."""
         modals = self._check_visuals(grid_sizes, merge_sizes, modals)
         patches_per_item = grid_sizes.prod(dim=1).tolist()
         if pixel_values.ndim != 2 or sum(patches_per_item) != pixel_values.shape[0]:
@@ -145,6 +155,9 @@ class HuluMed(ZooModel):
             tokens_per_frame = (h // m) * (w // m)
             if modal == "text":
                 masks.append(torch.zeros(0, dtype=torch.bool, device=pixel_values.device))
+            elif token_reduction is not None:
+                kept = token_reduction.grid_kept(h // m, w // m)
+                masks.append((torch.arange(tokens_per_frame, device=pixel_values.device) < kept).repeat(t))
             elif modal == "image" or t == 1:
                 masks.append(torch.ones(t * tokens_per_frame, dtype=torch.bool, device=pixel_values.device))
             else:
@@ -163,10 +176,12 @@ class HuluMed(ZooModel):
         grid_sizes: torch.Tensor | None = None,
         merge_sizes: torch.Tensor | None = None,
         modals: Sequence[str] | None = None,
+        token_reduction: TokenReduction | None = None,
     ) -> PreparedInputs:
         """Token reduction on the sequence: the pruned `<image>` tokens leave input_ids, attention_mask and labels
         (rows re-padded to the longest, on the side they were padded on). Prompts already pruned (their `<image>`
-        count equals the surviving tokens) pass unchanged. Depends on the pixels only, not on the encoder."""
+        count equals the surviving tokens) pass unchanged. Depends on the pixels only, not on the encoder.
+        `token_reduction`: a reduction before the LLM, in place of the built-in compression."""
         if input_ids.ndim != 2:
             raise InputError(f"input_ids must be (B, L), got {tuple(input_ids.shape)}")
         is_image = input_ids == self.config.image_token_index
@@ -176,10 +191,10 @@ class HuluMed(ZooModel):
                 raise InputError(f"the prompt has {num_image_tokens} <image> tokens but no pixel_values were given; "
                                  "build inputs with the Hulu-Med processor")
             return PreparedInputs(input_ids, attention_mask, labels, torch.zeros(0, dtype=torch.bool), False)
-        masks = self.visual_token_masks(pixel_values, grid_sizes, merge_sizes, modals)
+        masks = self.visual_token_masks(pixel_values, grid_sizes, merge_sizes, modals, token_reduction)
         keep = torch.cat([torch.zeros(0, dtype=torch.bool, device=pixel_values.device), *masks])
         total, kept = keep.numel(), int(keep.sum())
-        if not self.config.use_token_compression:
+        if not self.config.use_token_compression and token_reduction is None:
             keep = torch.ones_like(keep)
             kept = total
         if num_image_tokens == kept:
@@ -210,14 +225,38 @@ class HuluMed(ZooModel):
         return PreparedInputs(new_ids, new_mask, new_labels, keep, True)
 
     def visual_features(self, pixel_values: torch.Tensor, grid_sizes: torch.Tensor, merge_sizes: torch.Tensor,
-                        modals: Sequence[str] | None = None) -> torch.Tensor:
-        """Projected features (sum of merged tokens of the non-text items, text hidden) before token reduction."""
+                        modals: Sequence[str] | None = None,
+                        token_reduction: TokenReduction | None = None) -> torch.Tensor:
+        """Projected features (sum of merged tokens of the non-text items, text hidden) before the built-in token
+        compression. A `token_reduction` before the LLM acts on each frame's grid of merged tokens, before the
+        projector: (sum over frames of `token_reduction.grid_kept(h/m, w/m)`, text hidden)."""
         modals = self._check_visuals(grid_sizes, merge_sizes, modals)
         dtype = self.vision_encoder.embeddings.patch_embedding.proj.weight.dtype
-        features = self.mm_projector(self.vision_encoder(pixel_values.to(dtype), grid_sizes, merge_sizes))
+        last_attention = self.vision_encoder.encoder.layers[-1].self_attn
+        wanted = token_reduction is not None and token_reduction.method == "attention"
+        with captured_attention(last_attention, wanted) as captured:
+            tokens = self.vision_encoder(pixel_values.to(dtype), grid_sizes, merge_sizes)
         counts = (grid_sizes.prod(dim=1) // merge_sizes**2).tolist()
-        parts = [part for part, modal in zip(features.split(counts), modals) if modal != "text"]
-        return torch.cat([features[:0], *parts])
+        if token_reduction is None:
+            features = self.mm_projector(tokens)
+            parts = [part for part, modal in zip(features.split(counts), modals) if modal != "text"]
+            return torch.cat([features[:0], *parts])
+        scores = None
+        if wanted:  # per frame over its patches (merge-block order), a merged token scoring its m x m patches' sum
+            lengths = (grid_sizes[:, 1] * grid_sizes[:, 2]).repeat_interleave(grid_sizes[:, 0]).tolist()
+            scores = packed_attention_received(last_attention, captured, lengths)
+            scores = torch.cat([part.view(-1, m * m).sum(dim=1) for part, m in
+                                zip(scores.split(grid_sizes.prod(dim=1).tolist()), merge_sizes.tolist())])
+        parts = []
+        for index, ((t, h, w), m, modal) in enumerate(zip(grid_sizes.tolist(), merge_sizes.tolist(), modals)):
+            if modal == "text":
+                continue
+            start = sum(counts[:index])
+            grid = (h // m, w // m)
+            item = tokens[start:start + counts[index]].view(t, grid[0] * grid[1], -1)
+            item_scores = None if scores is None else scores[start:start + counts[index]].view(t, -1)
+            parts.append(reduce_grid(item, grid, token_reduction, item_scores).flatten(0, 1))
+        return self.mm_projector(torch.cat([tokens[:0], *parts]))
 
     # -- forward and generation ------------------------------------------------------------------------------------
 
@@ -238,24 +277,36 @@ class HuluMed(ZooModel):
         order with grid_sizes (n, 3) = (t, h, w) in patches, merge_sizes (n,) and modals (n,) as the processor gives
         them. Returns logits (B, L', vocab) over the sequence after token reduction (see `prepare_inputs`, which
         also gives the matching labels). position_ids, cache, logits_to_keep: as in LlamaModel / generation.
-        token_reduction: "fastv" prunes the `<image>` tokens inside the decoder (see `zoo.vlm.token_reduction`; the
-        logits then cover the pruned sequence); the other methods are not wired into Hulu-Med yet."""
-        token_reduction = as_reduction(token_reduction)
-        if token_reduction is not None:
-            token_reduction.check_family("Hulu-Med", ("fastv",))
-        prepared = self.prepare_inputs(input_ids, attention_mask, None, pixel_values, grid_sizes, merge_sizes, modals)
+        token_reduction: see `zoo.vlm.token_reduction`: "pool", "bilinear", "attention" and "merge" act on each
+        frame's grid of merged tokens before the projector, in place of the built-in compression; "fastv" prunes
+        the `<image>` tokens inside the decoder. The logits then cover the shortened sequence."""
+        token_reduction, before = self._reductions(token_reduction)
+        prepared = self.prepare_inputs(input_ids, attention_mask, None, pixel_values, grid_sizes, merge_sizes, modals,
+                                       before)
         input_ids, attention_mask = prepared.input_ids, prepared.attention_mask
         embeds = self.model.embed_tokens(input_ids)
         if pixel_values is not None:
-            features = self.visual_features(pixel_values, grid_sizes, merge_sizes, modals)
-            features = features[prepared.visual_keep.to(features.device)].to(embeds.dtype)
+            features = self.visual_features(pixel_values, grid_sizes, merge_sizes, modals, before)
+            if before is None:
+                features = features[prepared.visual_keep.to(features.device)]
+            features = features.to(embeds.dtype)
             is_image = (input_ids == self.config.image_token_index)[..., None]
             embeds = embeds.masked_scatter(is_image, features)
         if prepared.pruned:
             position_ids = None if attention_mask is None else (attention_mask.cumsum(-1) - 1).clamp(min=0)
         is_image = input_ids == self.config.image_token_index
-        hidden, _ = decoder_forward(self.model, embeds, attention_mask, position_ids, cache, token_reduction, is_image)
+        fastv = token_reduction if before is None else None
+        hidden, _ = decoder_forward(self.model, embeds, attention_mask, position_ids, cache, fastv, is_image)
         return lm_logits(self.lm_head, hidden, logits_to_keep)
+
+    @staticmethod
+    def _reductions(token_reduction: Any) -> tuple[TokenReduction | None, TokenReduction | None]:
+        """The checked reduction, and the same if it acts before the LLM (else None)."""
+        token_reduction = as_reduction(token_reduction)
+        if token_reduction is None:
+            return None, None
+        token_reduction.check_family("Hulu-Med", REDUCTIONS)
+        return token_reduction, token_reduction if token_reduction.method in BEFORE_LLM else None
 
     def generate(
         self,
@@ -270,7 +321,9 @@ class HuluMed(ZooModel):
         """The new tokens (B, new) only, as the original's generate returns them (the prompt is pruned first);
         options as in `zoo.backbones.generation.generate`. Left-pad batches of several prompts."""
         as_reduction(kwargs.get("token_reduction"), kwargs)
-        prepared = self.prepare_inputs(input_ids, attention_mask, None, pixel_values, grid_sizes, merge_sizes, modals)
+        _, before = self._reductions(kwargs.get("token_reduction"))
+        prepared = self.prepare_inputs(input_ids, attention_mask, None, pixel_values, grid_sizes, merge_sizes, modals,
+                                       before)
         if pixel_values is not None:
             kwargs.update(pixel_values=pixel_values, grid_sizes=grid_sizes, merge_sizes=merge_sizes, modals=modals)
         kwargs.setdefault("pad_token_id", self.config.pad_token_id)

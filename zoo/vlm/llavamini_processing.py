@@ -333,12 +333,14 @@ class LlavaMiniSFT:
         labels = outputs["labels"][:, 1:]
         return labels[labels != IGNORE_INDEX]
 
-    def answer(self, model: Any, images: list[Any], questions: list[str], max_new_tokens: int) -> list[str]:
+    def answer(self, model: Any, images: list[Any], questions: list[str], max_new_tokens: int,
+               **generate_options: Any) -> list[str]:
         device = next(model.parameters()).device
         prompts = [self.processor.apply_chat_template(question) for question in questions]
         inputs = {key: value.to(device) for key, value in self.processor(prompts, images=images).items()}
         inputs["images"] = inputs["images"].to(next(model.parameters()).dtype)
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
+                                **generate_options)
         new = output[:, inputs["input_ids"].shape[1]:]
         return [self.processor.decode(row).strip() for row in new]
 

@@ -37,6 +37,7 @@ from zoo.errors import CheckpointError, ConfigError, InputError, shorten
 from zoo.layers.attention import DynamicCache, StaticCache
 from zoo.modeling import ZooModel
 from zoo.registry import InputSpec, ModelEntry, PretrainedSource, TensorSpec, register_family, register_model
+from zoo.vlm.token_reduction import TokenReduction, as_reduction, decoder_forward
 
 ARCH_IMAGE_SIZE = {"minigpt4": 224, "minigpt_v2": 448}
 
@@ -103,14 +104,21 @@ class TinyGPTV(ZooModel):
         cache: DynamicCache | StaticCache | None = None,
         logits_to_keep: int = 0,
         image_embeds: torch.Tensor | None = None,
+        token_reduction: TokenReduction | None = None,
     ) -> torch.Tensor:
         """input_ids (B, L) holding `num_query_tokens` image tokens per image, in order; pixel_values (N, 3, S, S),
         or instead image_embeds (N, num_query_tokens, hidden) from `image_features` (an image encoded once).
 
         Positions default to 0..L-1 whatever the mask, as the official Phi: pad batches on the right (generate
         passes positions that count real tokens, so left-padded prompts decode correctly). Returns (B, L or
-        logits_to_keep, vocab).
+        logits_to_keep, vocab). token_reduction: "fastv" only (see `zoo.vlm.token_reduction`): the query tokens
+        are pruned inside Phi after layer K; the methods acting before the LLM need a grid of image tokens, which
+        the Q-Former's learned queries are not.
         """
+        token_reduction = as_reduction(token_reduction)
+        if token_reduction is not None:
+            token_reduction.check_family("TinyGPT-V (its LLM sees the Q-Former's query tokens, not a grid)",
+                                         ("fastv",))
         embeds = self.language_model.model.embed_tokens(input_ids)
         if pixel_values is not None or image_embeds is not None:  # the prompt (decoding steps pass no images)
             if image_embeds is None:
@@ -123,13 +131,16 @@ class TinyGPTV(ZooModel):
                     "each; build prompts with TinyGPTVProcessor (it expands <ImageHere>)"
                 )
             embeds = embeds.masked_scatter(is_image[..., None], image_embeds.to(embeds.dtype))
-        hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                           position_ids=position_ids, cache=cache)
+        is_image = input_ids == self.config.image_token_id
+        hidden, _ = decoder_forward(self.language_model.model, embeds, attention_mask, position_ids, cache,
+                                    token_reduction, is_image)
         return lm_logits(self.language_model.lm_head, hidden, logits_to_keep)
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:
-        """Greedy or sampled decoding (see `zoo.backbones.generation.generate`); pass `pixel_values` by keyword."""
+        """Greedy or sampled decoding (see `zoo.backbones.generation.generate`); pass `pixel_values` by keyword,
+        and optionally `token_reduction` (fastv)."""
+        as_reduction(kwargs.get("token_reduction"), kwargs)
         kwargs.setdefault("pad_token_id", self.config.pad_token_id)
         return generate(self, input_ids, attention_mask, **kwargs)
 

@@ -125,6 +125,18 @@ class TokenReduction:
             return math.isqrt(self.kept(side * side))
         return max(1, round(side * math.sqrt(self.budget)))
 
+    def grid_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The size an h x w grid of tokens is resized to ("pool", "bilinear"): each side scaled by sqrt(budget), a
+        count budget taken as its fraction of h * w."""
+        fraction = self.kept(height * width) / (height * width) if isinstance(self.budget, int) else self.budget
+        return max(1, round(height * math.sqrt(fraction))), max(1, round(width * math.sqrt(fraction)))
+
+    def grid_kept(self, height: int, width: int) -> int:
+        """Tokens an h x w partition keeps under "pool", "bilinear", "attention" or "merge"."""
+        if self.method in ("pool", "bilinear"):
+            return math.prod(self.grid_shape(height, width))
+        return self.kept(height * width)
+
     def check_family(self, family: str, supported: tuple[str, ...]) -> None:
         if self.method not in supported:
             raise InputError(f"token reduction {self.method!r} does not apply to {family}; it supports "
@@ -147,7 +159,8 @@ def as_reduction(value: TokenReduction | None, generate_options: dict | None = N
 
 @contextlib.contextmanager
 def captured_attention(attention: nn.Module, wanted: bool = True) -> Iterator[dict[str, torch.Tensor | None]]:
-    """While open, records the input `x` and `attn_mask` of each call of an Attention module (the last call wins)."""
+    """While open, records the input `x`, `attn_mask`, `rotary` and `cu_seqlens` of each call of an Attention module
+    (the last call wins)."""
     record: dict[str, torch.Tensor | None] = {}
     if not wanted:
         yield record
@@ -156,6 +169,8 @@ def captured_attention(attention: nn.Module, wanted: bool = True) -> Iterator[di
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         record["x"] = args[0] if args else kwargs["x"]
         record["attn_mask"] = kwargs.get("attn_mask")
+        record["rotary"] = kwargs.get("rotary")
+        record["cu_seqlens"] = kwargs.get("cu_seqlens")
 
     handle = attention.register_forward_pre_hook(hook, with_kwargs=True)
     try:
@@ -216,6 +231,34 @@ def reduce_partitions(
     return merge_tokens(shuffled, k)[0].flatten(0, 1)
 
 
+def reduce_grid(tokens: torch.Tensor, grid: tuple[int, int], reduction: TokenReduction,
+                scores: torch.Tensor | None = None) -> torch.Tensor:
+    """T partitions of tokens (T, h*w, D) on an h x w grid (row-major) -> (T, reduction.grid_kept(h, w), D) under
+    "pool", "bilinear", "attention" (needs `scores` (T, h*w), the attention each token receives) or "merge"."""
+    if reduction.method in ("pool", "bilinear"):
+        return resize_token_grid(tokens, grid, reduction.grid_shape(*grid),
+                                 "avg" if reduction.method == "pool" else "bilinear")
+    k = reduction.grid_kept(*grid)
+    if reduction.method == "attention":
+        return keep_top_tokens(tokens, scores, k)[0]
+    if reduction.method == "merge":
+        return merge_tokens(tokens, k)[0]
+    raise InputError(f"token reduction {reduction.method!r} does not act on a token grid")
+
+
+def packed_attention_received(attention: nn.Module, record: dict, lengths: list[int]) -> torch.Tensor:
+    """The attention each token receives (mean over heads and queries) in an encoder layer that ran on sequences of
+    `lengths` packed along L of a batch of one (NaViT), from what `captured_attention` recorded: (sum of lengths,)."""
+    x, rotary = record["x"], record["rotary"]
+    scores, start = [], 0
+    for length in lengths:
+        part = slice(start, start + length)
+        scores.append(attention_received(attention, x[:, part], None,
+                                         None if rotary is None else tuple(t[part] for t in rotary))[0])
+        start += length
+    return torch.cat([x.new_zeros(0, dtype=torch.float32), *scores])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Prompts after reduction before the LLM
 
@@ -261,7 +304,7 @@ def kv_cache_bytes(cache: object) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-# FastV inside a Llama-style decoder (zoo.backbones.llama.LlamaModel)
+# FastV inside a Llama-style decoder (zoo.backbones.llama.LlamaModel, or Phi's PhiModel built like it)
 
 
 @dataclasses.dataclass
@@ -338,4 +381,5 @@ def decoder_forward(
         if index == layer - 1 and state is None:
             previous_input = block.input_layernorm(x)
         x = block(x, rotary, attn_mask if index < layer else late_mask, cache, index)
-    return model.norm(x), None if selection is None else selection.indices
+    norm = model.norm if hasattr(model, "norm") else model.final_layernorm  # Llama-style or Phi
+    return norm(x), None if selection is None else selection.indices
