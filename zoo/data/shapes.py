@@ -156,6 +156,17 @@ class ShapesClassification(_ShapesDataset):
         return {"image": render([shape], self.image_size, rng), "label": KINDS.index(shape.kind)}
 
 
+def ask(kind: str, shapes: list[Shape], target: Shape) -> tuple[str, str]:
+    """The question of type `kind` about `target` (one of `shapes`) and its answer."""
+    if kind == "color":
+        return f"What color is the {target.kind}?", target.color
+    if kind == "shape":
+        return f"Which shape is {target.color}?", target.kind
+    if kind == "count":
+        return "How many shapes are there?", str(len(shapes))
+    return f"Where is the {target.kind}?", CELLS[target.cell]
+
+
 class ShapesVQA(_ShapesDataset):
     """Images of shapes with one question each and a short answer:
 
@@ -190,15 +201,7 @@ class ShapesVQA(_ShapesDataset):
         count = int(rng.integers(1, 4)) if kind == "count" or self.binding else 1
         shapes = self.shapes(rng, count)
         image = render(shapes, self.image_size, rng)
-        target = shapes[int(rng.integers(len(shapes)))]
-        if kind == "color":
-            question, answer = f"What color is the {target.kind}?", target.color
-        elif kind == "shape":
-            question, answer = f"Which shape is {target.color}?", target.kind
-        elif kind == "count":
-            question, answer = "How many shapes are there?", str(len(shapes))
-        else:
-            question, answer = f"Where is the {target.kind}?", CELLS[target.cell]
+        question, answer = ask(kind, shapes, shapes[int(rng.integers(len(shapes)))])
         return {"image": image, "question": question, "answer": answer, "type": kind}
 
     @classmethod
@@ -234,15 +237,7 @@ class SmallShapesVQA(ShapesVQA):
         count = int(rng.integers(1, len(CELLS) + 1)) if kind == "count" else \
             int(rng.integers(1, 4)) if self.binding else 1
         shapes = self.shapes(rng, count)
-        target = shapes[int(rng.integers(len(shapes)))]
-        if kind == "color":
-            question, answer = f"What color is the {target.kind}?", target.color
-        elif kind == "shape":
-            question, answer = f"Which shape is {target.color}?", target.kind
-        elif kind == "count":
-            question, answer = "How many shapes are there?", str(len(shapes))
-        else:
-            question, answer = f"Where is the {target.kind}?", CELLS[target.cell]
+        question, answer = ask(kind, shapes, shapes[int(rng.integers(len(shapes)))])
         return {"image": render(shapes, self.image_size, rng), "question": question, "answer": answer, "type": kind}
 
 
