@@ -41,3 +41,13 @@ def randomize_biases(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
             if name.endswith("bias"):
                 param.copy_(0.1 * torch.randn(param.shape, generator=generator))
     return model
+
+
+def shift_norms_and_biases(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
+    """Every parameter with "norm" in its name and every bias shifted by N(0, std^2) noise from the global generator
+    (seed it first), so that a missed or swapped norm or bias shows in the outputs."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                param.add_(torch.randn_like(param) * std)
+    return model

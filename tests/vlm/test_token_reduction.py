@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.testing import assert_close
 
+from tests.backbones.norms import shift_norms_and_biases
 from zoo.backbones.llama import LlamaConfig
 from zoo.backbones.siglip import SiglipVisionConfig
 from zoo.errors import InputError
@@ -38,11 +39,7 @@ def model() -> SmolVLM:
         scale_factor=2, image_token_id=IMAGE, pad_token_id=0,
     )
     model = SmolVLM(config).eval()
-    with torch.no_grad():  # every norm and bias randomised
-        for name, param in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                param.add_(torch.randn_like(param) * 0.2)
-    return model
+    return shift_norms_and_biases(model)
 
 
 def _batch(tiles=(3, 2), video: bool = False):

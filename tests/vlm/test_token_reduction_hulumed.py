@@ -16,6 +16,7 @@ from einops import rearrange
 from torch.testing import assert_close
 
 import zoo
+from tests.backbones.norms import shift_norms_and_biases
 from tests.vlm.test_token_reduction import oracle_fastv_logits
 from zoo.errors import InputError
 from zoo.backbones.navit import navit_position_ids
@@ -31,11 +32,7 @@ TOL = dict(rtol=1e-4, atol=1e-4)
 def model():
     torch.manual_seed(0)
     model = zoo.create("hulu-med-tiny").eval()
-    with torch.no_grad():  # every norm and bias randomised
-        for name, param in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                param.add_(torch.randn_like(param) * 0.2)
-    return model
+    return shift_norms_and_biases(model)
 
 
 def _batch(model):

@@ -14,6 +14,7 @@ from einops import rearrange
 from torch.testing import assert_close
 
 import zoo
+from tests.backbones.norms import shift_norms_and_biases
 from zoo.errors import InputError
 from zoo.vlm.token_reduction import TokenReduction
 
@@ -27,11 +28,7 @@ def _model(resolution_ratio: int = 1):
     if resolution_ratio > 1:
         model = type(model)(dataclasses.replace(model.config, resolution_ratio=resolution_ratio))
     model.eval()
-    with torch.no_grad():  # every norm and bias randomised
-        for name, param in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                param.add_(torch.randn_like(param) * 0.2)
-    return model
+    return shift_norms_and_biases(model)
 
 
 @pytest.fixture(scope="module")

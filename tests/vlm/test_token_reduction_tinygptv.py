@@ -10,6 +10,7 @@ import torch
 from torch.testing import assert_close
 
 import zoo
+from tests.backbones.norms import shift_norms_and_biases
 from tests.vlm.test_token_reduction import oracle_fastv_logits
 from zoo.errors import InputError
 from zoo.layers.attention import DynamicCache, StaticCache
@@ -24,11 +25,7 @@ QUERIES = 16
 def model():
     torch.manual_seed(0)
     model = zoo.create("tinygpt-v-tiny", num_query_tokens=QUERIES).eval()
-    with torch.no_grad():  # every norm and bias randomised
-        for name, param in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                param.add_(torch.randn_like(param) * 0.2)
-    return model
+    return shift_norms_and_biases(model)
 
 
 def _batch(model):
