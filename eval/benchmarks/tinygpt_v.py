@@ -7,10 +7,13 @@ Two phases, each timed by alternating the contenders in one process after warm-u
 2. prefill + 64 greedy tokens after a prompt of 32 image embeddings and text, with Phi-2's widths (2560, vocab
    51200) cut to 2 layers: zoo eager (static cache) and zoo compiled (`compile=True`) against transformers'
    PhiForCausalLM(qk_layernorm=True) with an RMSNorm wrapped around each attention output, `generate` with its KV
-   cache, fed the same image embeddings and weights; every timed run's tokens are checked equal.
+   cache, fed the same image embeddings and weights; every timed run's tokens are checked equal. The prompt alone
+   (prefill and the first token) is timed too, so that the time per decoded token is the difference of the medians
+   over the 63 later tokens.
 
 Weights are random (zoo's initialisation, norms and biases perturbed); timings do not depend on their values.
-Run under the shared lock: `flock /tmp/zoo-heavy.lock python -m eval.benchmarks.tinygpt_v [--threads N]`.
+Run under the shared lock:
+    flock /tmp/zoo-heavy.lock python -m eval.benchmarks.tinygpt_v [--part image|decoding|all] [--repeats 9]
 About 4.5 GB of memory at peak (the ViT-g in float32, shared by both contenders).
 """
 
