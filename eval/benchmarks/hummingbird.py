@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from eval.benchmarks import header, report_pair
-from eval.timing import alternate
+from eval.system import load_average
+from eval.timing import alternate, ratios
 from zoo.diffusion.hummingbird import HummingbirdConfig, HummingbirdUNet, _diffusers_to_zoo, guidance_embedding
 from zoo.layers.embed import timestep_embedding
 from zoo.registry import count_parameters
@@ -93,15 +94,17 @@ def bench_step(name: str, frames: int, latent: tuple[int, int], repeats: int) ->
         "diffusers": lambda: reference(*args, timestep_cond=inputs["timestep_cond"]),
     }, repeats, warmup=1)  # fmt: skip
     report_pair(f"{name} step {frames}x{latent[0]}x{latent[1]}", samples)
-    result = {
+    return {
         "params": count_parameters(model),
         "max_abs_diff_vs_diffusers": float((ours - theirs).abs().max()),
         "zoo_ms": samples["zoo"].p50 * 1e3,
         "diffusers_ms": samples["diffusers"].p50 * 1e3,
         "diffusers_over_zoo": samples["diffusers"].p50 / samples["zoo"].p50,
+        "speedup": ratios(samples["diffusers"], samples["zoo"]),
+        "zoo": samples["zoo"].summary(),
+        "diffusers": samples["diffusers"].summary(),
         "runs": len(samples["zoo"].wall),
     }
-    return result
 
 
 @torch.inference_mode()
@@ -141,12 +144,15 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     print(header())
     latent = tuple(args.latent)
-    results = {"header": header(), "frames": args.frames, "latent": latent}
+    results = {"header": header(), "load_average_start": load_average(), "frames": args.frames, "latent": latent,
+               "repeats": args.repeats}
     if args.part in ("step", "all"):
         results["step_vs_diffusers"] = {name: bench_step(name, args.frames, latent, args.repeats)
                                         for name in ("hummingbird-t2v-0.7b", "hummingbird-t2v-0.9b")}
     if args.part in ("speedup", "all"):
         results["speedup"] = bench_speedup(args.frames, latent, args.repeats)
+    results["load_average_end"] = load_average()
+    print(f"load average at the end: {results['load_average_end']}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / f"hummingbird-{args.part}-cpu-float32-f{args.frames}-{latent[0]}x{latent[1]}.json"

@@ -7,10 +7,13 @@ Two phases, each timed by alternating the contenders in one process after warm-u
 2. prefill + 64 greedy tokens after a prompt of 32 image embeddings and text, with Phi-2's widths (2560, vocab
    51200) cut to 2 layers: zoo eager (static cache) and zoo compiled (`compile=True`) against transformers'
    PhiForCausalLM(qk_layernorm=True) with an RMSNorm wrapped around each attention output, `generate` with its KV
-   cache, fed the same image embeddings and weights; every timed run's tokens are checked equal.
+   cache, fed the same image embeddings and weights; every timed run's tokens are checked equal. The prompt alone
+   (prefill and the first token) is timed too, so that the time per decoded token is the difference of the medians
+   over the 63 later tokens.
 
 Weights are random (zoo's initialisation, norms and biases perturbed); timings do not depend on their values.
-Run under the shared lock: `flock /tmp/zoo-heavy.lock python -m eval.benchmarks.tinygpt_v [--threads N]`.
+Run under the shared lock:
+    flock /tmp/zoo-heavy.lock python -m eval.benchmarks.tinygpt_v [--part image|decoding|all] [--repeats 9]
 About 4.5 GB of memory at peak (the ViT-g in float32, shared by both contenders).
 """
 
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 from eval.benchmarks import header, report_pair
-from eval.system import machine_info
+from eval.system import load_average, machine_info
 from eval.timing import alternate, ratios
 from zoo.vlm.tinygpt_v import TinyGPTV, TinyGPTVConfig
 
@@ -122,8 +125,10 @@ class _AttentionRMSNorm(nn.Module):
         return self.norm(output), weights
 
 
-@torch.inference_mode()
-def bench_decoding(published: TinyGPTVConfig, repeats: int, warmup: int) -> dict:
+def decoding_contenders(published: TinyGPTVConfig) -> tuple[dict, dict]:
+    """zoo's TinyGPT-V (2 Phi layers at the published widths) and transformers' PhiForCausalLM holding the same
+    weights, and the prompt: returns ({"transformers", "zoo", "zoo-compiled"}: prefill + decode callables giving the
+    new tokens, {"model", "phi", "prompt"})."""
     import transformers
 
     config = published.replace(
@@ -155,21 +160,30 @@ def bench_decoding(published: TinyGPTVConfig, repeats: int, warmup: int) -> dict
     ids[0, 4:4 + queries] = config.image_token_id
     prompt = {"input_ids": ids, "image_embeds": image_embeds}
 
-    def reference() -> torch.Tensor:
+    def reference(new_tokens: int | None = None) -> torch.Tensor:
         embeds = phi.model.embed_tokens(ids).masked_scatter((ids == config.image_token_id)[..., None], image_embeds)
-        return phi.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
-                            do_sample=False)
+        return phi.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
+                            max_new_tokens=new_tokens or NEW_TOKENS, do_sample=False)
 
-    def eager() -> torch.Tensor:
-        return model.generate(**prompt, max_new_tokens=NEW_TOKENS, cache="static")[:, ids.shape[1]:]
+    def eager(new_tokens: int | None = None) -> torch.Tensor:
+        return model.generate(**prompt, max_new_tokens=new_tokens or NEW_TOKENS, cache="static")[:, ids.shape[1]:]
 
     def compiled() -> torch.Tensor:
         return model.generate(**prompt, max_new_tokens=NEW_TOKENS, cache="static", compile=True)[:, ids.shape[1]:]
 
-    expected = reference()
-    for name, run in (("eager", eager), ("compiled", compiled)):  # the compiled one compiles here
-        if not torch.equal(run(), expected):
-            raise RuntimeError(f"zoo {name} decoding gave other tokens than transformers")
+    return ({"transformers": reference, "zoo": eager, "zoo-compiled": compiled},
+            {"model": model, "phi": phi, "prompt": prompt,
+             "prefill": {"transformers": lambda: reference(1), "zoo": lambda: eager(1)}})
+
+
+@torch.inference_mode()
+def bench_decoding(published: TinyGPTVConfig, repeats: int, warmup: int) -> dict:
+    runs, parts = decoding_contenders(published)
+    ids = parts["prompt"]["input_ids"]
+    expected = runs["transformers"]()
+    for name in ("zoo", "zoo-compiled"):  # the compiled one compiles here
+        if not torch.equal(runs[name](), expected):
+            raise RuntimeError(f"{name} decoding gave other tokens than transformers")
     checked = {}
 
     def checking(name, run):
@@ -177,31 +191,48 @@ def bench_decoding(published: TinyGPTVConfig, repeats: int, warmup: int) -> dict
             checked[name] = torch.equal(run(), expected)
         return timed
 
-    samples = alternate({"zoo-compiled": checking("zoo-compiled", compiled), "zoo": checking("zoo", eager),
-                         "transformers": checking("transformers", reference)}, repeats, warmup)
+    samples = alternate({name: checking(name, runs[name]) for name in ("zoo-compiled", "zoo", "transformers")},
+                        repeats, warmup)
     if not all(checked.values()):
         raise RuntimeError(f"a timed run gave other tokens: {checked}")
+    # The prompt alone (prefill and the first token), so that the decoding share can be read off: the
+    # difference of the medians over NEW_TOKENS - 1 steps is the time per decoded token.
+    prefill = alternate({name: parts["prefill"][name] for name in ("zoo", "transformers")}, repeats, warmup)
     for ours in ("zoo", "zoo-compiled"):
         report_pair(f"prefill {ids.shape[1]} + decode {NEW_TOKENS} ({ours})", {ours: samples[ours],
                                                                   "transformers": samples["transformers"]})
-    return {"tokens_equal": True, **{name: s.summary() for name, s in samples.items()},
+    report_pair(f"prefill {ids.shape[1]} + 1 token", {"zoo": prefill["zoo"], "transformers": prefill["transformers"]})
+    per_token = {name: (samples[name].p50 - prefill[name.removesuffix("-compiled")].p50) / (NEW_TOKENS - 1)
+                 for name in samples}
+    print(f"per decoded token (median total - median prefill) / {NEW_TOKENS - 1}: "
+          + ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in per_token.items()))
+    return {"tokens_equal": True, "new_tokens": NEW_TOKENS, **{name: s.summary() for name, s in samples.items()},
+            "prefill_only": {name: s.summary() for name, s in prefill.items()},
+            "per_token_s": per_token,
             "speedup_eager": ratios(samples["transformers"], samples["zoo"]),
-            "speedup_compiled": ratios(samples["transformers"], samples["zoo-compiled"])}
+            "speedup_compiled": ratios(samples["transformers"], samples["zoo-compiled"]),
+            "speedup_per_token_eager": per_token["transformers"] / per_token["zoo"],
+            "speedup_per_token_compiled": per_token["transformers"] / per_token["zoo-compiled"]}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--part", choices=("image", "decoding", "all"), default="all")
     parser.add_argument("--out", default=str(RESULTS / "tinygpt_v-cpu.json"), help="where to write the results")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(header())
-    results = {"machine": machine_info("cpu"), "threads": torch.get_num_threads()}
-    results["image_encoding"] = bench_image_encoding(TinyGPTVConfig(), args.repeats, warmup=1)
-    gc.collect()
-    results["decoding"] = bench_decoding(TinyGPTVConfig(), args.repeats, warmup=1)
+    results = {"machine": machine_info("cpu"), "threads": torch.get_num_threads(), "repeats": args.repeats}
+    if args.part in ("image", "all"):
+        results["image_encoding"] = bench_image_encoding(TinyGPTVConfig(), args.repeats, warmup=1)
+        gc.collect()
+    if args.part in ("decoding", "all"):
+        results["decoding"] = bench_decoding(TinyGPTVConfig(), args.repeats, warmup=1)
+    results["load_average_end"] = load_average()
+    print(f"load average at the end: {results['load_average_end']}")
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -269,3 +269,23 @@ def test_swiglu_reduces_wide_one_row_projections_when_compiled():
             out, code = run_and_get_code(compiled, x)
             assert_close(out, mlp(x), rtol=1e-5, atol=1e-5)
         assert "\n".join(code).count("extern_kernels.addmm") == gemms
+
+
+def test_mlp_and_attention_reduce_wide_one_row_projections_when_compiled():
+    """Phi-2's decoding step (2560 wide) is past decompose_mm_pass's 2048 limit: Mlp's fc1/fc2 and attention's
+    q/k/v/o take the fused one-row reduction of `project` instead of MKL's single-threaded GEMV."""
+    from torch._inductor.utils import run_and_get_code
+
+    from zoo.layers.attention import Attention
+
+    torch.manual_seed(0)
+    mlp = Mlp(64, 2560, act_layer=partial(nn.GELU, approximate="tanh")).eval()
+    attention = Attention(2080, 4, qkv_bias=True, out_bias=True).eval()  # 2080 columns: past the pass's limit
+    for module, width in ((mlp, 64), (attention, 2080)):
+        compiled = torch.compile(module, fullgraph=True)
+        for rows, gemms in ((1, 0), (3, 2 if module is mlp else 4)):
+            x = torch.randn(1, rows, width)
+            with torch.no_grad():
+                out, code = run_and_get_code(compiled, x)
+                assert_close(out, module(x), rtol=1e-4, atol=1e-4)
+            assert "\n".join(code).count("extern_kernels.addmm") == gemms

@@ -29,9 +29,10 @@ COMPILED_CACHE_MULTIPLE = 256
 
 # Inductor's decompose_mm_pass turns a one-row matmul on CPU (every projection of a one-token step, when no
 # side exceeds 2048) into a multiply and a sum, which it fuses into one parallel reduction over the weight.
-# Decoding reads every weight once per token, and that reduction reads them at about twice the bandwidth of
-# MKL's GEMV on two threads. The pass leaves CUDA matmuls and batches of several rows alone; the wider
-# projections (the LM head, an MLP's gate and up) do the same through `zoo.layers.mlp.project`.
+# Decoding reads every weight once per token; MKL's one-row GEMV reads it on one thread (20-26 GB/s on the 2-core
+# EPYC of the benchmarks), the reduction on both (24-28 GB/s). The pass leaves CUDA matmuls and batches of several
+# rows alone; wider projections (LM heads, MLPs, Phi-2's 2560-wide attention) do the same through
+# `zoo.layers.mlp.project`.
 _DECODE_COMPILE_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
 
 # The options of `generate`; transformers' options that it lacks are accepted at their default value only.

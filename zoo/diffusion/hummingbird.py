@@ -32,6 +32,7 @@ from torch import nn
 from zoo.config import PositiveInt, Probability, ZooConfig
 from zoo.errors import CheckpointError, ConfigError
 from zoo.layers.attention import scaled_dot_product
+from zoo.layers.conv import Conv2d, TemporalConv3d
 from zoo.layers.embed import timestep_embedding
 from zoo.layers.mlp import GEGLU
 from zoo.layers.norm import GroupNorm, LayerNorm
@@ -101,7 +102,7 @@ class TemporalConvBlock(nn.Module):
         super().__init__()
 
         def layer(with_dropout: bool) -> nn.Sequential:
-            conv = nn.Conv3d(channels, channels, (3, 1, 1), padding=(1, 0, 0))
+            conv = TemporalConv3d(channels, channels, 3, 1)
             dropped = [nn.Dropout(dropout)] if with_dropout else []
             return nn.Sequential(GroupNorm(groups, channels), nn.SiLU(), *dropped, conv)
 
@@ -119,14 +120,14 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, out_channels: int, emb_dim: int, groups: int, dropout: float):
         super().__init__()
         self.in_layers = nn.Sequential(
-            GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            GroupNorm(groups, channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1)
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
         self.out_layers = nn.Sequential(
             GroupNorm(groups, out_channels), nn.SiLU(), nn.Dropout(dropout),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            Conv2d(out_channels, out_channels, 3, padding=1),
         )  # fmt: skip
-        self.skip_connection = nn.Identity() if channels == out_channels else nn.Conv2d(channels, out_channels, 1)
+        self.skip_connection = nn.Identity() if channels == out_channels else Conv2d(channels, out_channels, 1)
         self.temopral_conv = TemporalConvBlock(out_channels, groups, dropout)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -243,7 +244,7 @@ class Downsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -254,7 +255,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -305,7 +306,7 @@ class HummingbirdUNet(ZooModel):
         if config.fps_cond:
             self.fps_embedding = mlp(mc)
 
-        self.input_blocks = nn.ModuleList([UNetStage([nn.Conv2d(config.in_channels, mc, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([UNetStage([Conv2d(config.in_channels, mc, 3, padding=1)])])
         self.init_attn = UNetStage(
             [TemporalTransformer(mc, config.init_attn_heads, head_dim, groups, dropout, linear=False)]
         )
@@ -340,7 +341,7 @@ class HummingbirdUNet(ZooModel):
                     scale //= 2
                 self.output_blocks.append(UNetStage(layers))
 
-        self.out = nn.Sequential(GroupNorm(groups, mc), nn.SiLU(), nn.Conv2d(mc, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm(groups, mc), nn.SiLU(), Conv2d(mc, config.out_channels, 3, padding=1))
 
     def fsdp_units(self) -> list[nn.Module]:
         middle = [self.middle_block] if self.config.has_middle_block else []

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from zoo.layers.mlp import project
 from zoo.layers.norm import qk_norm as build_qk_norm
 from zoo.layers.rotary import apply_rotary
 
@@ -464,9 +465,9 @@ class Attention(nn.Module):
                              "(its window is counted from the last key); decode without compile")
         kv_input = x if context is None else context
 
-        q = self.q_norm(self.q_proj(x))
-        k = self.k_norm(self.k_proj(kv_input))
-        v = self.v_proj(kv_input)
+        q = self.q_norm(project(self.q_proj, x))
+        k = self.k_norm(project(self.k_proj, kv_input))
+        v = project(self.v_proj, kv_input)
         q, k, v = (rearrange(t, "b l (h d) -> b h l d", d=self.head_dim) for t in (q, k, v))
 
         if rotary is not None:
@@ -480,7 +481,7 @@ class Attention(nn.Module):
             attn_mask=attn_mask, is_causal=is_causal, window=self.sliding_window, cu_seqlens=cu_seqlens,
             backend=self.backend,
         )  # fmt: skip
-        return self.o_proj(rearrange(out, "b h l d -> b l (h d)"))
+        return project(self.o_proj, rearrange(out, "b h l d -> b l (h d)"))
 
     def extra_repr(self) -> str:
         window = f", sliding_window={self.sliding_window}" if self.sliding_window is not None else ""

@@ -13,8 +13,10 @@ from torch import nn
 def project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`layer(x)` for x (..., in_features). For one row on CPU under torch.compile (a decoding step) it is a multiply
     and a sum, which inductor fuses into one parallel reduction over the weight: decoding reads every weight once
-    per token, and the reduction reads it faster than MKL's GEMV. Inductor's own decompose_mm_pass does the same
-    for the narrower projections but stops at 2048 columns (an MLP's gate and up projections, an LM head)."""
+    per token, and MKL's one-row GEMV reads it on one thread where the reduction uses them all. Inductor's own
+    decompose_mm_pass does the same but only when no side exceeds 2048 (not an MLP's wide projections, an LM head,
+    or any projection of a 2560-wide Phi-2), so LM heads, SwiGLU's gate and up, Mlp and attention's q/k/v/o go through
+    here."""
     if torch.compiler.is_compiling() and x.device.type == "cpu" and x.shape[:-1].numel() == 1:
         y = (x.unsqueeze(-2) * layer.weight).sum(-1)
         return y if layer.bias is None else y + layer.bias
@@ -66,7 +68,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, out_dim or dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return project(self.fc2, self.act(project(self.fc1, x)))
 
 
 class GEGLU(nn.Module):
