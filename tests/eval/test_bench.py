@@ -10,7 +10,6 @@ import sys
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 from torch._inductor import config as inductor_config
 
 from eval import timing
@@ -208,14 +207,12 @@ def test_language_models_against_transformers(model, reference_class):
 
 
 def test_compiled_language_model_decodes_the_reference_tokens():
-    """Qwen2.5's tied LM head and q/k/v biases take the compiled one-row path: decompose_mm_pass turns the biased
-    projections (addmm) into reductions, and every timed token is transformers'."""
-    counters.clear()
-    with inductor_config.patch(fx_graph_cache=False):  # a cached graph would skip the passes counted here
+    """Compiled decoding of Qwen2.5 (tied LM head, q/k/v biases; its one-row projections run as fused reductions,
+    tests/layers/test_norm_mlp_embed.py) gives transformers' token at every timed step."""
+    with inductor_config.patch(fx_graph_cache=False):  # compile here rather than reuse a cached graph
         record = quick("qwen2.5-tiny", compare="transformers", new_tokens=5, layers=1, compile=True, memory=False,
                        flops=False)
     assert record["compile"] and record["reference"]["same_greedy_tokens"]
-    assert counters["inductor"]["decompose_addmm"] >= 3  # q, k, v of the layer
 
 
 def test_language_model_reference_refuses_what_transformers_cannot_build():
