@@ -291,7 +291,7 @@ def scaled_dot_product(
             raise ValueError(f"backend='flash' cannot run: {reason}")
         return _flash(q, k, v, is_causal, scale, window, cu_seqlens)
     if cu_seqlens is not None and backend == "sdpa" and attn_mask is None and window is None \
-            and q.shape[-2] == k.shape[-2]:
+            and q.shape[-2] == k.shape[-2] and q.shape[-2] > 0:
         return _sdpa_segments(q, k, v, cu_seqlens, is_causal, scale)
     if cu_seqlens is not None:
         attn_mask = _and(attn_mask, block_mask(segment_ids_from_cu_seqlens(cu_seqlens)))

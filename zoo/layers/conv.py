@@ -22,7 +22,8 @@ WEIGHT_TO_INPUT = 16
 
 
 def _use_gemm(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and weight.numel() >= WEIGHT_TO_INPUT * x.numel()
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.numel() > 0
+            and weight.numel() >= WEIGHT_TO_INPUT * x.numel())
 
 
 def conv2d_gemm(
