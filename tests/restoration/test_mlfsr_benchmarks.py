@@ -32,10 +32,13 @@ def test_limit_search_solves_the_linear_law_then_steps_to_a_bracket():
 
 
 def test_worker_measures_a_forward():
+    """In a process that has run other tests the allocator may reuse freed memory (a peak of 0 above the model) and a
+    tiny forward may take under one clock tick of CPU time, so this checks bounds; a fresh worker's RSS is checked in
+    test_worker_stops_at_the_memory_cap."""
     row = worker("mlfsr-tiny", 6, repeats=2, device="cpu", threads=1, warmup_size=4)
-    assert row["size"] == 6 and len(row["forwards"]) == 2 and row["peak_bytes"] > 0
+    assert row["size"] == 6 and len(row["forwards"]) == 2 and row["peak_bytes"] >= 0
     assert row["median_s"] == sorted(f["wall_s"] for f in row["forwards"])[1]
-    assert all(f["user_s"] + f["sys_s"] > 0 for f in row["forwards"])
+    assert all(0 <= f["user_s"] + f["sys_s"] <= f["wall_s"] + 0.05 for f in row["forwards"])
 
 
 def test_worker_stops_at_the_memory_cap():
