@@ -230,6 +230,21 @@ def _oracle_fastv_logits(model, batch, new_tokens, layer, budget):
                                layer, budget)
 
 
+def greedy_continue(model, logits: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
+                    steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decoding through `cache` after a prefill whose last logits are `logits` (B, V) and whose mask and
+    positions are `mask`, `positions` (B, L): `steps` tokens, one call each. Returns every step's logits
+    (B, steps + 1, V), the prefill's first, and the tokens (B, steps)."""
+    logits, tokens = [logits], []
+    for _ in range(steps):
+        token = logits[-1].argmax(-1, keepdim=True)
+        tokens.append(token)
+        mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+        positions = positions[:, -1:] + 1
+        logits.append(model(token, attention_mask=mask, position_ids=positions, cache=cache, logits_to_keep=1)[:, -1])
+    return torch.stack(logits, dim=1), torch.cat(tokens, dim=1)
+
+
 @pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
 def test_fastv_cached_decoding_equals_recomputing_the_pruned_sequence(model, cache_kind):
     batch, layer, budget, steps = _batch(), 2, 0.25, 4
@@ -238,24 +253,17 @@ def test_fastv_cached_decoding_equals_recomputing_the_pruned_sequence(model, cac
     cache = DynamicCache() if cache_kind == "dynamic" else StaticCache(prompt_length + steps)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        logits = [model(**batch, position_ids=positions, cache=cache, token_reduction=reduction,
-                        logits_to_keep=1)[:, -1]]
+        logits = model(**batch, position_ids=positions, cache=cache, token_reduction=reduction,
+                       logits_to_keep=1)[:, -1]
         state = pruned_layers(cache)
         # each row keeps a quarter of its image tokens (48 and 32) and all its text, left-padded to the longest
         assert state.kept_mask.sum(1).tolist() == [7 + 48 // 4, 7 + 32 // 4]
         assert cache.get_seq_length(0) == prompt_length and cache.get_seq_length(layer) == state.kept_mask.shape[1]
-        tokens = []
-        for _ in range(steps - 1):
-            token = logits[-1].argmax(-1, keepdim=True)
-            tokens.append(token)
-            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-            positions = positions[:, -1:] + 1
-            logits.append(model(token, attention_mask=mask, position_ids=positions, cache=cache,
-                                logits_to_keep=1)[:, -1])
-        oracle = _oracle_fastv_logits(model, batch, torch.cat(tokens, dim=1), layer, budget)
+        logits, new = greedy_continue(model, logits, mask, positions, cache, steps - 1)
+        oracle = _oracle_fastv_logits(model, batch, new, layer, budget)
         generated = model.generate(**batch, max_new_tokens=steps, cache=cache_kind, token_reduction=reduction)
-    assert_close(torch.stack(logits, dim=1), oracle, **TOL)
-    assert torch.equal(generated[:, prompt_length:-1], torch.cat(tokens, dim=1))
+    assert_close(logits, oracle, **TOL)
+    assert torch.equal(generated[:, prompt_length:-1], new)
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -17,7 +17,7 @@ from torch.testing import assert_close
 
 import zoo
 from tests.backbones.norms import shift_norms_and_biases
-from tests.vlm.test_token_reduction import oracle_fastv_logits
+from tests.vlm.test_token_reduction import greedy_continue, oracle_fastv_logits
 from zoo.errors import InputError
 from zoo.backbones.navit import navit_position_ids
 from zoo.layers.attention import DynamicCache, StaticCache
@@ -72,25 +72,17 @@ def test_fastv_cached_decoding_equals_recomputing_the_pruned_sequence(model, cac
     cache = DynamicCache() if cache_kind == "dynamic" else StaticCache(prompt_length + steps)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        logits = [model(**batch, position_ids=positions, cache=cache, token_reduction=reduction,
-                        logits_to_keep=1)[:, -1]]
+        logits = model(**batch, position_ids=positions, cache=cache, token_reduction=reduction,
+                       logits_to_keep=1)[:, -1]
         assert pruned_layers(cache).kept_mask.sum(1).tolist() == [6 + 6, 6 + 2]
-        tokens = []
-        for _ in range(steps - 1):
-            token = logits[-1].argmax(-1, keepdim=True)
-            tokens.append(token)
-            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-            positions = positions[:, -1:] + 1
-            logits.append(model(token, attention_mask=mask, position_ids=positions, cache=cache,
-                                logits_to_keep=1)[:, -1])
-        new = torch.cat(tokens, dim=1)
+        logits, new = greedy_continue(model, logits, mask, positions, cache, steps - 1)
         ids = torch.cat([batch["input_ids"], new], dim=1)
         is_image = ids == model.config.image_token_index
         features = model.visual_features(batch["pixel_values"], batch["grid_sizes"], batch["merge_sizes"])
         x = model.model.embed_tokens(ids).masked_scatter(is_image[..., None], features)
         full_mask = torch.cat([batch["attention_mask"], torch.ones_like(new)], dim=1).bool()
         oracle = oracle_fastv_logits(model.model, model.lm_head, x, full_mask, is_image, prompt_length, layer, budget)
-    assert_close(torch.stack(logits, dim=1), oracle, **TOL)
+    assert_close(logits, oracle, **TOL)
     generated = model.generate(**batch, max_new_tokens=steps, cache=cache_kind, token_reduction=reduction)
     assert torch.equal(generated[:, :-1], new)
 

@@ -11,7 +11,7 @@ from torch.testing import assert_close
 
 import zoo
 from tests.backbones.norms import shift_norms_and_biases
-from tests.vlm.test_token_reduction import oracle_fastv_logits
+from tests.vlm.test_token_reduction import greedy_continue, oracle_fastv_logits
 from zoo.errors import InputError
 from zoo.layers.attention import DynamicCache, StaticCache
 from zoo.vlm.token_reduction import TokenReduction, pruned_layers
@@ -67,19 +67,11 @@ def test_fastv_cached_decoding_equals_recomputing_the_pruned_sequence(model, cac
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     text_tokens = (~(batch["input_ids"] == model.config.image_token_id) & mask.bool()).sum(1)
     with torch.no_grad():
-        logits = [model(**batch, position_ids=positions, cache=cache, token_reduction=reduction,
-                        logits_to_keep=1)[:, -1]]
+        logits = model(**batch, position_ids=positions, cache=cache, token_reduction=reduction,
+                       logits_to_keep=1)[:, -1]
         # each row keeps a quarter of its image tokens: 4 of 16, 8 of 32
         assert (pruned_layers(cache).kept_mask.sum(1) - text_tokens).tolist() == [4, 8]
-        tokens = []
-        for _ in range(steps - 1):
-            token = logits[-1].argmax(-1, keepdim=True)
-            tokens.append(token)
-            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-            positions = positions[:, -1:] + 1
-            logits.append(model(token, attention_mask=mask, position_ids=positions, cache=cache,
-                                logits_to_keep=1)[:, -1])
-        new = torch.cat(tokens, dim=1)
+        logits, new = greedy_continue(model, logits, mask, positions, cache, steps - 1)
         ids = torch.cat([batch["input_ids"], new], dim=1)
         is_image = ids == model.config.image_token_id
         features = model.image_features(batch["pixel_values"]).flatten(0, 1)
@@ -88,7 +80,7 @@ def test_fastv_cached_decoding_equals_recomputing_the_pruned_sequence(model, cac
         full_mask = torch.cat([batch["attention_mask"], torch.ones_like(new)], dim=1).bool()
         oracle = oracle_fastv_logits(phi, model.language_model.lm_head, x, full_mask, is_image, prompt_length, layer,
                                      budget)
-    assert_close(torch.stack(logits, dim=1), oracle, **TOL)
+    assert_close(logits, oracle, **TOL)
     generated = model.generate(**batch, max_new_tokens=steps, cache=cache_kind, token_reduction=reduction)
     assert torch.equal(generated[:, prompt_length:-1], new)
 
