@@ -111,6 +111,12 @@ class PhiModel(nn.Module):
         self.final_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.rotary = RotaryEmbedding(config.rotary_dim, config.rope_theta)
 
+    @property
+    def norm(self) -> LayerNorm:
+        """The final LayerNorm under LlamaModel's name, for code that drives either decoder's layers itself
+        (`zoo.vlm.token_reduction.decoder_forward`); the weights keep Phi's key `final_layernorm`."""
+        return self.final_layernorm
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,

@@ -381,5 +381,4 @@ def decoder_forward(
         if index == layer - 1 and state is None:
             previous_input = block.input_layernorm(x)
         x = block(x, rotary, attn_mask if index < layer else late_mask, cache, index)
-    norm = model.norm if hasattr(model, "norm") else model.final_layernorm  # Llama-style or Phi
-    return norm(x), None if selection is None else selection.indices
+    return model.norm(x), None if selection is None else selection.indices
