@@ -247,15 +247,16 @@ class HuluMed(ZooModel):
             scores = packed_attention_received(last_attention, captured, lengths)
             scores = torch.cat([part.view(-1, m * m).sum(dim=1) for part, m in
                                 zip(scores.split(grid_sizes.prod(dim=1).tolist()), merge_sizes.tolist())])
+        score_parts = [None] * len(counts) if scores is None else scores.split(counts)
         parts = []
-        for index, ((t, h, w), m, modal) in enumerate(zip(grid_sizes.tolist(), merge_sizes.tolist(), modals)):
+        for item, item_scores, (t, h, w), m, modal in zip(tokens.split(counts), score_parts, grid_sizes.tolist(),
+                                                          merge_sizes.tolist(), modals):
             if modal == "text":
                 continue
-            start = sum(counts[:index])
             grid = (h // m, w // m)
-            item = tokens[start:start + counts[index]].view(t, grid[0] * grid[1], -1)
-            item_scores = None if scores is None else scores[start:start + counts[index]].view(t, -1)
-            parts.append(reduce_grid(item, grid, token_reduction, item_scores).flatten(0, 1))
+            item_scores = None if item_scores is None else item_scores.view(t, -1)
+            parts.append(reduce_grid(item.view(t, grid[0] * grid[1], -1), grid, token_reduction, item_scores)
+                         .flatten(0, 1))
         return self.mm_projector(torch.cat([tokens[:0], *parts]))
 
     # -- forward and generation ------------------------------------------------------------------------------------

@@ -250,12 +250,9 @@ def packed_attention_received(attention: nn.Module, record: dict, lengths: list[
     """The attention each token receives (mean over heads and queries) in an encoder layer that ran on sequences of
     `lengths` packed along L of a batch of one (NaViT), from what `captured_attention` recorded: (sum of lengths,)."""
     x, rotary = record["x"], record["rotary"]
-    scores, start = [], 0
-    for length in lengths:
-        part = slice(start, start + length)
-        scores.append(attention_received(attention, x[:, part], None,
-                                         None if rotary is None else tuple(t[part] for t in rotary))[0])
-        start += length
+    rotary_parts = [None] * len(lengths) if rotary is None else zip(*(t.split(lengths) for t in rotary))
+    scores = [attention_received(attention, part, None, part_rotary)[0]
+              for part, part_rotary in zip(x.split(lengths, dim=1), rotary_parts)]
     return torch.cat([x.new_zeros(0, dtype=torch.float32), *scores])
 
 
