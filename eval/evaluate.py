@@ -27,6 +27,7 @@ per question) and TTFT (the same calls, every setting timed in alternation with 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -150,7 +151,7 @@ def run_eval(options: EvalOptions) -> dict[str, Any]:
     reductions = _token_reductions(options, task)
     with torch.no_grad():
         scores, conventions = scorer(task, model, dataset, options, device)
-        settings = _score_token_reductions(task, model, dataset, options, device, reductions, scores) \
+        settings = _score_token_reductions(scorer, task, model, dataset, options, device, reductions, scores) \
             if reductions else None
     result = {
         "model": getattr(model, "zoo_name", None) or options.model,
@@ -194,31 +195,33 @@ def _token_reductions(options: EvalOptions, task) -> dict[str, Any]:
     return settings
 
 
-def _score_token_reductions(task, model, dataset, options, device, reductions, unreduced):
+@contextlib.contextmanager
+def _reduced(task, reduction):
+    """The task answers with `reduction` while open."""
+    task.token_reduction = reduction
+    try:
+        yield
+    finally:
+        task.token_reduction = None
+
+
+def _score_token_reductions(scorer, task, model, dataset, options, device, reductions, unreduced):
     """{"none" | spec: {"metrics", "prefill_flops", "ttft_p50_ms", ...}} for the unreduced model and each setting."""
     from .bench import count_call_flops
     from .timing import alternate
 
     settings = {"none": None, **reductions}
-    rows: dict[str, dict[str, Any]] = {}
-    for name, reduction in settings.items():
-        task.token_reduction = reduction
-        try:
-            scores = unreduced if reduction is None else \
-                SCORERS.get(task.name, _score_with_task)(task, model, dataset, options, device)[0]
-        finally:
-            task.token_reduction = None
-        rows[name] = {"metrics": scores}
+    rows: dict[str, dict[str, Any]] = {"none": {"metrics": unreduced}}
+    for name, reduction in reductions.items():
+        with _reduced(task, reduction):
+            rows[name] = {"metrics": scorer(task, model, dataset, options, device)[0]}
     samples = [dataset[i] for i in range(min(options.flop_samples, len(dataset)))]
 
     def prefill(reduction):
         def call():
-            task.token_reduction = reduction
-            try:
+            with _reduced(task, reduction):
                 for sample in samples:
                     task.answer(model, [sample["image"]], [sample["question"]], max_new_tokens=1)
-            finally:
-                task.token_reduction = None
         return call
 
     calls = {name: prefill(reduction) for name, reduction in settings.items()}
