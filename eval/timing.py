@@ -154,7 +154,8 @@ def ratios(reference: Samples, ours: Samples) -> dict[str, float]:
 _STATUS = Path("/proc/self/status")
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
+    """A field of /proc/self/status in KiB (VmRSS, VmHWM, ...), or None where there is none."""
     try:
         match = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
     except OSError:
@@ -162,7 +163,7 @@ def _status_kib(field: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     """Linux resets the process's peak resident set size (VmHWM) when 5 is written to /proc/self/clear_refs."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -203,10 +204,10 @@ def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> di
                 "reserved_mib": torch.cuda.max_memory_reserved(device) / mib,
                 "measure": "CUDA allocator: max_memory_allocated (peak), max_memory_reserved"}
     _release_free_memory()
-    before = _status_kib("VmRSS")
-    reset = _reset_peak_rss()
+    before = status_kib("VmRSS")
+    reset = reset_peak_rss()
     fn()
-    if reset and (peak := _status_kib("VmHWM")) is not None:
+    if reset and (peak := status_kib("VmHWM")) is not None:
         measure = "process peak RSS (VmHWM reset before the call)"
     else:
         import resource

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from eval.benchmarks.mlfsr_scaling import _peak_rss, _reset_peak_rss, _rss
+from eval.benchmarks.mlfsr_scaling import _peak_rss, _reset_peak_rss, _rss, meminfo_bytes
 
 MIB = 1024**2
 
@@ -43,14 +43,6 @@ MIB = 1024**2
 def _usage() -> tuple[float, float, int, int, int]:
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime, u.ru_stime, u.ru_minflt, u.ru_majflt, u.ru_nivcsw
-
-
-def _swap_total_bytes() -> int:
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("SwapTotal:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def _mmap_every_allocation() -> None:
@@ -171,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     record = {
         "benchmark": "mlfsr-profile", "model": args.model, "size": args.size, "threads": args.threads,
         "torch": torch.__version__, "input": f"5x5 views of {args.size}^2 LR pixels, batch 1, fp32, no_grad",
-        "load_start": load_start, "load_end": os.getloadavg(), "swap_total_bytes": _swap_total_bytes(),
+        "load_start": load_start, "load_end": os.getloadavg(), "swap_total_bytes": meminfo_bytes("SwapTotal"),
         "plain_forward": plain, "stage_peak_rss_above_forward_start_mib": stages,
         "scans_by_subspace": scans, "profiled_wall_s": profiled_wall_us / 1e6,
         "share_of_profiled_wall": {name: us / profiled_wall_us for name, us in sorted(spans.items())},

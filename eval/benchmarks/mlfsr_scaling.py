@@ -43,6 +43,8 @@ from pathlib import Path
 
 import torch
 
+from eval.timing import reset_peak_rss, status_kib
+
 MODELS = ("mlfsr-x4", "epit-x4")
 GIB = 1024**3
 EXCEEDED = 3  # a worker's exit status when it passed the memory cap
@@ -55,16 +57,14 @@ def _rss() -> int:
 
 def _reset_peak_rss() -> None:
     """Reset the kernel's high-water mark of this process's RSS (VmHWM) to its current RSS."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
+    if not reset_peak_rss():
+        raise RuntimeError("cannot reset VmHWM through /proc/self/clear_refs")
 
 
 def _peak_rss() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    if (peak := status_kib("VmHWM")) is None:
+        raise RuntimeError("no VmHWM in /proc/self/status")
+    return peak * 1024
 
 
 def _usage() -> tuple[float, float, int, int]:
@@ -271,7 +271,7 @@ def search_limit(args, name: str, rows: list[dict]) -> dict:
         size = next_limit_size(measured, stopped, cap, args.limit_step)
         if size is None:
             break
-        available = _available_memory()
+        available = meminfo_bytes("MemAvailable")
         if available < cap + 2 * GIB:
             print(f"{name} {size}^2: not run, only {available / GIB:.1f} GiB available", flush=True)
             break
@@ -290,10 +290,11 @@ def search_limit(args, name: str, rows: list[dict]) -> dict:
             "smallest_over": min(over) if over else None, "runs": runs}
 
 
-def _available_memory() -> int:
+def meminfo_bytes(field: str) -> int:
+    """A field of /proc/meminfo (MemAvailable, SwapTotal, ...) in bytes; 0 where there is none."""
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
-            if line.startswith("MemAvailable:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
 
